@@ -1,0 +1,146 @@
+"""Status of a DisaggregatedModel, and pure helpers for Kubernetes-style conditions.
+
+Conditions follow the API conventions: one entry per type, CamelCase reasons, and a
+``lastTransitionTime`` that moves only when the status flips, so a reconcile that observes
+nothing new produces an identical status and therefore no write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from disagg.api.types import CamelModel
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+    PLANNED = "Planned"
+    TOPOLOGY_SATISFIED = "TopologySatisfied"
+    METRICS_AVAILABLE = "MetricsAvailable"
+    SCALED_TO_ZERO = "ScaledToZero"
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(CamelModel):
+    type: Annotated[str, Field(max_length=316)]
+    status: ConditionStatus
+    reason: Annotated[str, Field(max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")]
+    message: Annotated[str, Field(max_length=32768)] = ""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    last_transition_time: str
+    """RFC 3339 time of the last status flip."""
+
+
+class RoleStatus(CamelModel):
+    name: Annotated[str, Field(max_length=32)]
+    """prefill, decode, prefill-decode or router."""
+    desired: int = 0
+    """Replicas the operator (or its autoscaler floor) wants."""
+    replicas: int = 0
+    """Pods that exist for the current Deployment."""
+    updated: int = 0
+    """Pods running the current template."""
+    ready: int = 0
+    """Pods ready to serve."""
+    tensor_parallel: int | None = None
+    """GPUs per pod."""
+
+
+class RolePlan(CamelModel):
+    replicas: int
+    tensor_parallel: int
+    max_replicas: int
+
+
+class PlanSummary(CamelModel):
+    source: Annotated[str, Field(max_length=32)]
+    """Which planner produced this plan (placeholder until the analytical planner runs)."""
+    mode: Annotated[str, Field(max_length=32)]
+    prefill: RolePlan | None = None
+    decode: RolePlan | None = None
+    disagg_threshold: int | None = None
+    """Uncached prompt tokens below which the router skips prefill."""
+    gpus: int = 0
+    """GPUs at the planned floor."""
+    predicted_ttft_ms: float | None = None
+    predicted_itl_ms: float | None = None
+    slo_met: bool | None = None
+    reason: Annotated[str, Field(max_length=4096)] = ""
+
+
+class PlacementStatus(CamelModel):
+    level: Annotated[str, Field(max_length=32)]
+    """Topology level packed (rack, block, zone, host)."""
+    node_label: Annotated[str, Field(max_length=317)]
+    """Node label key that means this level in this cluster."""
+    domain: Annotated[str, Field(max_length=63)] | None = None
+    """Chosen domain (label value); stable across reconciles while it can hold the model."""
+    required: bool
+    """True for pack.required/packDomain, False for pack.preferred."""
+    gpus_needed: int = 0
+    gpus_free: int = 0
+    """Free GPUs in the chosen domain when it was chosen (excluding this model's own pods)."""
+
+
+class DisaggregatedModelStatus(CamelModel):
+    observed_generation: int | None = None
+    """The spec generation the status describes."""
+    conditions: list[Condition] = Field(default_factory=list)
+    mode: Annotated[str, Field(max_length=32)] | None = None
+    """Resolved serving mode (disaggregated or aggregated)."""
+    ratio: Annotated[str, Field(max_length=32)] | None = None
+    """Prefill:decode replica ratio, e.g. 2P:1D."""
+    ready_replicas: Annotated[str, Field(max_length=32)] | None = None
+    """Ready/desired engine pods, e.g. 3/3 (printer column)."""
+    roles: list[RoleStatus] = Field(default_factory=list)
+    plan: PlanSummary | None = None
+    placement: list[PlacementStatus] = Field(default_factory=list)
+
+
+def condition(
+    conditions: Sequence[Condition],
+    ctype: str,
+) -> Condition | None:
+    """The condition of a type, if present."""
+    return next((c for c in conditions if c.type == ctype), None)
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    *,
+    ctype: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str,
+) -> list[Condition]:
+    """Return the list with one condition replaced; lastTransitionTime moves only on a flip."""
+    previous = condition(conditions, ctype)
+    transition = now if previous is None or previous.status != status else previous.last_transition_time
+    updated = Condition(
+        type=ctype,
+        status=status,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        last_transition_time=transition,
+    )
+    kept = [c for c in conditions if c.type != ctype]
+    return sorted([*kept, updated], key=lambda c: _ORDER.get(c.type, len(_ORDER)))
+
+
+def drop_conditions(conditions: Sequence[Condition], ctypes: Iterable[str]) -> list[Condition]:
+    gone = set(ctypes)
+    return [c for c in conditions if c.type not in gone]
+
+
+_ORDER = {t.value: i for i, t in enumerate(ConditionType)}

@@ -1,0 +1,130 @@
+"""The ``disagg`` command: run the operator, render manifests offline, print the CRD."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from disagg import __version__
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _load_models(path: str) -> list[dict[str, Any]]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    models = [d for d in documents if isinstance(d, dict) and d.get("kind") == "DisaggregatedModel"]
+    if not models:
+        raise CliError(f"{path}: no DisaggregatedModel found")
+    return models
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from disagg.placement import place
+    from disagg.planner.plan import placeholder_plan
+    from disagg.reconcile import parse_spec, pod_gpus
+    from disagg.render import ModelRef, render, to_yaml
+    from disagg.settings import load_settings
+
+    settings = load_settings()
+    out: list[dict[str, Any]] = []
+    for body in _load_models(args.filename):
+        meta = body.get("metadata") or {}
+        name = meta.get("name")
+        if not name:
+            raise CliError(f"{args.filename}: a DisaggregatedModel has no metadata.name")
+        try:
+            spec = parse_spec(body.get("spec"))
+        except ValueError as exc:
+            raise CliError(f"{name}: {exc}") from exc
+        model = ModelRef(name=name, namespace=meta.get("namespace") or args.namespace)
+        plan = placeholder_plan(spec)
+        placement = place(spec.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=settings, previous={})
+        out += render(model, spec, plan, settings, placement)
+    sys.stdout.write(to_yaml(out))
+    return 0
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from disagg.api.crd import crd_yaml
+
+    text = crd_yaml()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import disagg.handlers  # noqa: F401 - registers the handlers
+    from disagg.settings import load_settings
+
+    settings = load_settings()
+    namespaces: list[str] = list(args.namespace or settings.namespaces)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=not args.peering,
+        peering_name=args.peering or None,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="disagg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"disagg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
+    run.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeat)")
+    run.add_argument("--peering", default="", help="kopf peering name for HA (omit: standalone)")
+    run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.set_defaults(func=cmd_run)
+
+    render = sub.add_parser("render", help="print the manifests a DisaggregatedModel produces (offline)")
+    render.add_argument("-f", "--filename", required=True, help="YAML file with DisaggregatedModel(s), - for stdin")
+    render.add_argument("-n", "--namespace", default="default", help="namespace when the CR names none")
+    render.set_defaults(func=cmd_render)
+
+    crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
+    crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.set_defaults(func=cmd_crd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"disagg: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

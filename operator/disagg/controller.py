@@ -1,0 +1,168 @@
+"""The work queue behind the kopf handlers: coalesced, retried, periodically resynced reconciles.
+
+kopf watches; this decides *when* to reconcile. A burst of events for one model (its Deployments
+rolling, its status changing) collapses into one pending key; failures retry with capped
+exponential backoff; a resync pass re-reconciles every model so drift and capacity changes are
+seen even without events. Keys are (namespace, name); each key is reconciled by one worker at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from disagg.kube import ApiError, ConflictError, NotFoundError
+from disagg.kube.client import KubeCluster
+from disagg.reconcile import Outcome, reconcile
+from disagg.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+MAX_BACKOFF = 60.0
+
+
+class Controller:
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        settings: OperatorSettings,
+        *,
+        workers: int = 4,
+        on_outcome: Callable[[Key, Outcome], None] | None = None,
+    ) -> None:
+        self._cluster = cluster
+        self._settings = settings
+        self._workers = workers
+        self._on_outcome = on_outcome
+        self._cond = threading.Condition()
+        self._due: dict[Key, float] = {}
+        self._busy: set[Key] = set()
+        self._again: set[Key] = set()
+        self._failures: dict[Key, int] = {}
+        self._own_versions: dict[Key, str] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- producers -------------------------------------------------------------------------
+    def trigger(self, key: Key, *, delay: float = 0.0, resource_version: str | None = None) -> None:
+        """Ask for a reconcile of ``key``; an event caused by our own status write is ignored."""
+        if resource_version is not None and self._own_versions.get(key) == resource_version:
+            return
+        with self._cond:
+            if key in self._busy:
+                self._again.add(key)
+                return
+            due = time.monotonic() + delay
+            self._due[key] = min(self._due.get(key, due), due)
+            self._cond.notify()
+
+    def forget(self, key: Key) -> None:
+        with self._cond:
+            self._due.pop(key, None)
+            self._failures.pop(key, None)
+            self._own_versions.pop(key, None)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        for index in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"disagg-worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        resync = threading.Thread(target=self._resync_loop, name="disagg-resync", daemon=True)
+        resync.start()
+        self._threads.append(resync)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _resync_loop(self) -> None:
+        while not self._stop.wait(self._settings.resync_seconds):
+            try:
+                self.resync()
+            except (ApiError, NotFoundError, OSError) as exc:
+                log.warning("resync failed: %s", exc)
+
+    def resync(self) -> None:
+        namespaces: list[str | None] = list(self._settings.namespaces) or [None]
+        for namespace in namespaces:
+            for body in self._cluster.list_models(namespace):
+                meta = body["metadata"]
+                self.trigger((meta["namespace"], meta["name"]))
+
+    # -- consumers -------------------------------------------------------------------------
+    def _next(self) -> Key | None:
+        with self._cond:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                ready = [k for k, due in self._due.items() if due <= now and k not in self._busy]
+                if ready:
+                    key = min(ready, key=lambda k: self._due[k])
+                    del self._due[key]
+                    self._busy.add(key)
+                    return key
+                wait = min((due - now for due in self._due.values()), default=1.0)
+                self._cond.wait(timeout=max(min(wait, 1.0), 0.01))
+        return None
+
+    def _work(self) -> None:
+        while (key := self._next()) is not None:
+            try:
+                self._reconcile_key(key)
+            finally:
+                with self._cond:
+                    self._busy.discard(key)
+                    if key in self._again:
+                        self._again.discard(key)
+                        self._due.setdefault(key, time.monotonic())
+                        self._cond.notify()
+
+    def _reconcile_key(self, key: Key) -> None:
+        namespace, name = key
+        try:
+            body = self._cluster.get_model(namespace, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                self.forget(key)
+                return
+            outcome = reconcile(body, self._patching_cluster(key), self._settings)
+        except ConflictError as exc:
+            log.info("%s/%s: conflict, retrying: %s", namespace, name, exc)
+            self.trigger(key, delay=0.2)
+            return
+        except Exception as exc:
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            delay = min(2.0**failures, MAX_BACKOFF)
+            log.warning(
+                "%s/%s: reconcile failed (attempt %d, retry in %.0fs): %s", namespace, name, failures, delay, exc
+            )
+            self.trigger(key, delay=delay)
+            return
+        self._failures.pop(key, None)
+        if self._on_outcome is not None:
+            self._on_outcome(key, outcome)
+
+    def _patching_cluster(self, key: Key) -> Any:
+        """The cluster, remembering the resourceVersion our status write produced for ``key``."""
+        controller = self
+
+        class _Recording:
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(controller._cluster, attr)
+
+            def patch_model_status(
+                self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+            ) -> dict[str, Any]:
+                result = controller._cluster.patch_model_status(namespace, name, status, resource_version)
+                version = (result.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    controller._own_versions[key] = version
+                return result
+
+        return _Recording()

@@ -1,0 +1,76 @@
+"""Thin kopf handlers: translate watch events into work-queue triggers.
+
+kopf gives us watching (with reconnects and timeouts), logging and a liveness endpoint. No handler
+here makes kopf persist anything on our objects (no finalizers, no last-handled annotations, no
+progress in status), so a quiet model costs no writes; retries live in :mod:`disagg.controller`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from disagg.api.spec import GROUP, KIND, PLURAL, VERSION
+from disagg.controller import Controller
+from disagg.kube.client import KubeCluster, load_api_client
+from disagg.settings import OperatorSettings, load_settings
+
+log = logging.getLogger(__name__)
+_state: dict[str, Any] = {}
+
+
+def controller() -> Controller:
+    return _state["controller"]  # type: ignore[no-any-return]
+
+
+def operator_settings() -> OperatorSettings:
+    return _state["settings"]  # type: ignore[no-any-return]
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    ours = load_settings()
+    prefix = ours.prefix
+    settings.persistence.finalizer = f"{prefix}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    settings.posting.enabled = False  # our own Events mark condition flips; kopf's would be noise
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4
+    cluster = KubeCluster(load_api_client(), field_manager=ours.field_manager)
+    worker = Controller(cluster, ours)
+    worker.start()
+    _state.update(settings=ours, cluster=cluster, controller=worker)
+    log.info("disagg operator started (field manager %s, resync %ss)", ours.field_manager, ours.resync_seconds)
+
+
+@kopf.on.cleanup()
+def cleanup(**_: Any) -> None:
+    worker = _state.pop("controller", None)
+    if worker is not None:
+        worker.stop()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def model_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    meta = body.get("metadata") or {}
+    key = (str(meta.get("namespace")), str(meta.get("name")))
+    if type == "DELETED":
+        controller().forget(key)
+        return
+    controller().trigger(key, resource_version=meta.get("resourceVersion"))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "disagg-operator"})
+def child_event(body: kopf.Body, **_: Any) -> None:
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            controller().trigger((str(meta.get("namespace")), str(ref.get("name"))))

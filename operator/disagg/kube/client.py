@@ -1,0 +1,201 @@
+"""Real :class:`~disagg.kube.Cluster` on the official Kubernetes client, speaking REST paths directly.
+
+Server-side apply is a PATCH with ``application/apply-patch+yaml`` (JSON is valid YAML), one field
+manager, ``force=true``: the operator is the single writer of every field it renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from disagg.kube import (
+    CHILD_KINDS,
+    MODEL_KIND,
+    NODE_KIND,
+    POD_KIND,
+    ApiError,
+    ConflictError,
+    Kind,
+    NotFoundError,
+    kind_of,
+    selector_string,
+)
+
+log = logging.getLogger(__name__)
+TIMEOUT = (5.0, 30.0)
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        api: client.ApiClient = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        return api
+
+
+class KubeCluster:
+    """Cluster access for reconcile; thread-safe (kopf runs sync handlers in a thread pool)."""
+
+    def __init__(self, api: client.ApiClient, *, field_manager: str) -> None:
+        self._api = api
+        self._field_manager = field_manager
+        self._missing_apis: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, Any]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        method, url, headers, payload, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(method, url, header_params=headers, body=payload, _request_timeout=TIMEOUT)
+            response.read()  # type: ignore[no-untyped-call]
+        except ApiException as exc:  # transport-level failures surface as ApiException(status=0)
+            raise ApiError(int(exc.status or 0), _message(exc.body, str(exc.reason))) from exc
+        text = response.data.decode("utf-8") if response.data else ""
+        if response.status >= 400:
+            message = _message(text, response.reason or "")
+            if response.status == 404:
+                raise NotFoundError(message)
+            if response.status == 409:
+                raise ConflictError(message)
+            raise ApiError(response.status, message)
+        return json.loads(text) if text else {}
+
+    def _list(self, kind: Kind, namespace: str | None = None, **query: str) -> list[dict[str, Any]]:
+        if kind.api_version in self._missing_apis:
+            return []
+        try:
+            result = self._call("GET", kind.path(namespace), query=list(query.items()))
+        except NotFoundError:
+            with self._lock:
+                self._missing_apis.add(kind.api_version)
+            log.info("API %s is not served; skipping %s", kind.api_version, kind.kind)
+            return []
+        items: list[dict[str, Any]] = result.get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items
+
+    def list_children(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        label_selector = selector_string(selector)
+        children: list[dict[str, Any]] = []
+        for kind in CHILD_KINDS:
+            children += self._list(kind, namespace, labelSelector=label_selector)
+        return children
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]),
+            body=json.dumps(obj),
+            query=[("fieldManager", self._field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def delete(self, obj: Mapping[str, Any]) -> None:
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        with contextlib.suppress(NotFoundError):
+            self._call(
+                "DELETE",
+                kind.path(meta.get("namespace"), meta["name"]),
+                body={
+                    "propagationPolicy": "Background",
+                    "preconditions": {"uid": meta["uid"]} if meta.get("uid") else None,
+                },
+            )
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self._list(NODE_KIND)
+
+    def list_pods(self) -> list[dict[str, Any]]:
+        return self._list(POD_KIND, None, fieldSelector="status.phase!=Succeeded,status.phase!=Failed")
+
+    def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._call("GET", MODEL_KIND.path(namespace, name))
+        except NotFoundError:
+            return None
+        return result
+
+    def list_models(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return self._list(MODEL_KIND, namespace)
+
+    def patch_model_status(
+        self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            MODEL_KIND.path(namespace, name) + "/status",
+            body=body,
+            query=[("fieldManager", self._field_manager)],
+            content_type="application/merge-patch+json",
+        )
+        return result
+
+    def event(self, model: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
+        meta = model["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "eventTime": now,
+            "reportingController": "disagg.dev/operator",
+            "reportingInstance": self._field_manager,
+            "action": "Reconcile",
+            "reason": reason,
+            "note": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "regarding": {
+                "apiVersion": model.get("apiVersion", MODEL_KIND.api_version),
+                "kind": MODEL_KIND.kind,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+        }
+        try:
+            self._call("POST", f"/apis/events.k8s.io/v1/namespaces/{meta['namespace']}/events", body=body)
+        except (ApiError, NotFoundError, ConflictError) as exc:  # events are best effort
+            log.warning("could not record event %s: %s", reason, exc)
+
+
+def _message(body: str | bytes | None, fallback: str) -> str:
+    try:
+        payload = json.loads(body or "{}")
+        return str(payload.get("message") or fallback)
+    except (TypeError, ValueError):
+        return fallback

@@ -1,0 +1,290 @@
+"""Topology placement (pure): pick the domain that can hold a model's GPUs, render affinity to it.
+
+The stock kube-scheduler does the binding; we only choose *which* rack (block, zone) a model
+should live in and express it as node affinity, plus a pod-affinity preference so replicas
+added later by an autoscaler follow their siblings. A domain fits when the model's pods can be
+bin-packed (first-fit decreasing) onto its nodes' free GPUs, not merely when the sum is enough:
+an 8-GPU pod needs 8 free GPUs on one node.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from disagg.api.spec import TopologySpec
+from disagg.api.types import parse_quantity
+from disagg.settings import OperatorSettings
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    labels: Mapping[str, str]
+    allocatable_gpus: int
+    requested_gpus: int
+    """GPUs requested by pods on the node that do not belong to the model being placed."""
+    schedulable: bool = True
+
+    @property
+    def free_gpus(self) -> int:
+        return max(self.allocatable_gpus - self.requested_gpus, 0) if self.schedulable else 0
+
+
+@dataclass(frozen=True)
+class DomainReport:
+    domain: str
+    free_gpus: int
+    fits: bool
+
+
+@dataclass(frozen=True)
+class PlacementDecision:
+    level: str
+    node_label: str
+    required: bool
+    gpus_needed: int
+    domain: str | None
+    fits: bool
+    gpus_free: int
+    message: str
+    domains: tuple[DomainReport, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """What the renderer needs: the domain decisions and which label siblings should follow."""
+
+    required: PlacementDecision | None = None
+    preferred: PlacementDecision | None = None
+    follow_label: str | None = None
+
+    @property
+    def decisions(self) -> list[PlacementDecision]:
+        return [d for d in (self.required, self.preferred) if d is not None]
+
+
+def place(
+    topology: TopologySpec,
+    *,
+    pod_gpus: Sequence[int],
+    inventory: Sequence[NodeInfo] | None,
+    settings: OperatorSettings,
+    previous: Mapping[str, str | None],
+) -> Placement | None:
+    """Decisions for the spec's pack levels; ``inventory=None`` (offline) leaves the domain open."""
+    required_level = topology.required_level()
+    preferred_level = topology.preferred_level()
+    if required_level is None and preferred_level is None:
+        return None
+
+    def decide(level: str, required: bool) -> PlacementDecision:
+        label = settings.level_label(level)
+        if inventory is None:
+            return PlacementDecision(
+                level=level,
+                node_label=label,
+                required=required,
+                gpus_needed=sum(pod_gpus),
+                domain=None,
+                fits=False,
+                gpus_free=0,
+                message=f"{level} chosen by the operator from live node capacity",
+            )
+        return choose_domain(
+            inventory, level=level, node_label=label, pod_gpus=pod_gpus, required=required, previous=previous.get(level)
+        )
+
+    required = decide(required_level.value, True) if required_level is not None else None
+    preferred = None
+    follow = required.node_label if required is not None else None
+    if preferred_level is not None:
+        if preferred_level.value == "host":
+            follow = settings.level_label("host")  # a model rarely fits one host: prefer siblings' hosts
+        else:
+            preferred = decide(preferred_level.value, False)
+            follow = follow or preferred.node_label
+    return Placement(required=required, preferred=preferred, follow_label=follow)
+
+
+def _pods_fit(pod_gpus: Sequence[int], free_per_node: Iterable[int]) -> bool:
+    bins = sorted(free_per_node, reverse=True)
+    for need in sorted(pod_gpus, reverse=True):
+        for index, free in enumerate(bins):
+            if free >= need:
+                bins[index] = free - need
+                break
+        else:
+            return False
+    return True
+
+
+def choose_domain(
+    nodes: Sequence[NodeInfo],
+    *,
+    level: str,
+    node_label: str,
+    pod_gpus: Sequence[int],
+    required: bool,
+    previous: str | None,
+) -> PlacementDecision:
+    """Best fit: the domain with the fewest free GPUs that still holds every pod; stable if possible."""
+    by_domain: dict[str, list[NodeInfo]] = defaultdict(list)
+    for node in nodes:
+        value = node.labels.get(node_label)
+        if value:
+            by_domain[value].append(node)
+    need = sum(pod_gpus)
+    reports = tuple(
+        DomainReport(
+            domain=name,
+            free_gpus=sum(n.free_gpus for n in members),
+            fits=_pods_fit(pod_gpus, (n.free_gpus for n in members)),
+        )
+        for name, members in sorted(by_domain.items())
+    )
+    summary = ", ".join(f"{r.domain} {r.free_gpus} free" for r in reports) or "none labelled"
+    if not reports:
+        return PlacementDecision(
+            level=level,
+            node_label=node_label,
+            required=required,
+            gpus_needed=need,
+            domain=None,
+            fits=False,
+            gpus_free=0,
+            message=f"no node carries the {level} label {node_label!r}",
+            domains=reports,
+        )
+    fitting = [r for r in reports if r.fits]
+    kept = next((r for r in fitting if r.domain == previous), None)
+    if kept is not None:
+        chosen, fits = kept, True
+        why = f"kept {level} {chosen.domain}: {chosen.free_gpus} free GPUs hold the {need} needed"
+    elif fitting:
+        chosen, fits = min(fitting, key=lambda r: (r.free_gpus, r.domain)), True
+        why = f"chose {level} {chosen.domain} (best fit): {chosen.free_gpus} free GPUs hold the {need} needed"
+    else:
+        chosen, fits = max(reports, key=lambda r: (r.free_gpus, r.domain)), False
+        spill = "pods that do not fit stay Pending" if required else "pods spill over to other domains"
+        why = f"no {level} has room for {need} GPUs ({summary}); using {chosen.domain}, {spill}"
+    return PlacementDecision(
+        level=level,
+        node_label=node_label,
+        required=required,
+        gpus_needed=need,
+        domain=chosen.domain,
+        fits=fits,
+        gpus_free=chosen.free_gpus,
+        message=why,
+        domains=reports,
+    )
+
+
+def _gpu_request(pod: Mapping[str, Any], resource: str) -> int:
+    spec = pod.get("spec") or {}
+    regular = 0
+    for container in spec.get("containers") or []:
+        value = ((container.get("resources") or {}).get("requests") or {}).get(resource)
+        if value is not None:
+            regular += int(parse_quantity(value))
+    init_peak = 0
+    sidecars = 0
+    for container in spec.get("initContainers") or []:
+        value = ((container.get("resources") or {}).get("requests") or {}).get(resource)
+        amount = int(parse_quantity(value)) if value is not None else 0
+        if container.get("restartPolicy") == "Always":
+            sidecars += amount
+        else:
+            init_peak = max(init_peak, sidecars + amount)
+    return max(regular + sidecars, init_peak)
+
+
+def node_inventory(
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    resource: str,
+    exclude_labels: Mapping[str, str],
+    exclude_namespace: str,
+) -> list[NodeInfo]:
+    """Free GPUs per node, treating the placed model's own pods as free (so its domain stays stable)."""
+    used: dict[str, int] = defaultdict(int)
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if not node_name or phase in ("Succeeded", "Failed"):
+            continue
+        labels = meta.get("labels") or {}
+        own = meta.get("namespace") == exclude_namespace and all(labels.get(k) == v for k, v in exclude_labels.items())
+        if not own:
+            used[node_name] += _gpu_request(pod, resource)
+    inventory = []
+    for node in nodes:
+        meta = node.get("metadata") or {}
+        status = node.get("status") or {}
+        allocatable = (status.get("allocatable") or {}).get(resource)
+        if allocatable is None:
+            continue
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
+        inventory.append(
+            NodeInfo(
+                name=meta.get("name", ""),
+                labels=meta.get("labels") or {},
+                allocatable_gpus=int(parse_quantity(allocatable)),
+                requested_gpus=used.get(meta.get("name", ""), 0),
+                schedulable=ready and not unschedulable,
+            )
+        )
+    return inventory
+
+
+def affinity(
+    *,
+    model_selector: Mapping[str, str],
+    required: PlacementDecision | None,
+    preferred: PlacementDecision | None,
+    follow_label: str | None,
+) -> dict[str, Any]:
+    """Pod affinity block: node affinity to the chosen domain(s) plus a preference to follow siblings."""
+    node_affinity: dict[str, Any] = {}
+    if required is not None:
+        # No domain known (offline render, or no node carries the label): still require the label,
+        # so a "required" constraint never silently degrades into "anywhere".
+        expression: dict[str, Any] = (
+            {"key": required.node_label, "operator": "In", "values": [required.domain]}
+            if required.domain is not None
+            else {"key": required.node_label, "operator": "Exists"}
+        )
+        node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
+            "nodeSelectorTerms": [{"matchExpressions": [expression]}]
+        }
+    if preferred is not None and preferred.domain is not None:
+        node_affinity["preferredDuringSchedulingIgnoredDuringExecution"] = [
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [{"key": preferred.node_label, "operator": "In", "values": [preferred.domain]}]
+                },
+            }
+        ]
+    result: dict[str, Any] = {}
+    if node_affinity:
+        result["nodeAffinity"] = node_affinity
+    if follow_label:
+        result["podAffinity"] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 50,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": dict(model_selector)},
+                        "topologyKey": follow_label,
+                    },
+                }
+            ]
+        }
+    return result

@@ -1,0 +1,1 @@
+"""Planning: how many prefill/decode replicas at which tensor parallelism (pure, no cluster access)."""

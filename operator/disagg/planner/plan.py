@@ -1,0 +1,95 @@
+"""The plan the renderer consumes, and the placeholder planner used until the analytical one lands.
+
+The renderer takes a :class:`Plan` as input, so a better planner changes the numbers, never the
+renderer. The placeholder is deliberately simple and documented: replicas from ``replicas.min``,
+tensor parallelism from the spec (1 when unset), ``mode: auto`` resolves to disaggregated, and the
+router threshold is 512 uncached tokens (prompts shorter than that rarely repay a KV transfer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, Mode
+
+PLACEHOLDER_DISAGG_THRESHOLD = 512
+ServingMode = Literal["disaggregated", "aggregated"]
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    replicas: int
+    """Floor: the autoscaler's minReplicas (or the fixed count without one)."""
+    max_replicas: int
+    tensor_parallel: int
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max_replicas > self.replicas
+
+    @property
+    def gpus(self) -> int:
+        return self.replicas * self.tensor_parallel
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: ServingMode
+    prefill: RolePlan
+    """In aggregated mode, the single prefill-decode role."""
+    decode: RolePlan | None
+    router: RolePlan
+    disagg_threshold: int
+    source: str
+    reason: str
+    predicted_ttft_ms: float | None = None
+    predicted_itl_ms: float | None = None
+    slo_met: bool | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.prefill.gpus + (self.decode.gpus if self.decode else 0)
+
+    @property
+    def ratio(self) -> str:
+        if self.decode is None:
+            return f"{self.prefill.replicas}PD"
+        return f"{self.prefill.replicas}P:{self.decode.replicas}D"
+
+
+def _role_plan(role: EngineRoleSpec, default_tp: int = 1) -> RolePlan:
+    floor = role.replicas.min
+    ceiling = role.replicas.max if role.replicas.max is not None else floor
+    return RolePlan(
+        replicas=floor, max_replicas=max(ceiling, floor), tensor_parallel=role.parallelism.tensor or default_tp
+    )
+
+
+def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
+    """Replicas from the spec's min, TP from the spec; documented in the module docstring."""
+    mode: ServingMode = "aggregated" if spec.mode == Mode.AGGREGATED else "disaggregated"
+    threshold = spec.router.disagg_threshold
+    router_floor = spec.router.replicas.min
+    router = RolePlan(
+        replicas=router_floor,
+        max_replicas=max(spec.router.replicas.max or router_floor, router_floor),
+        tensor_parallel=0,
+    )
+    prefill = _role_plan(spec.prefill)
+    decode = None
+    if mode == "disaggregated":
+        decode = _role_plan(spec.decode, default_tp=prefill.tensor_parallel)
+    return Plan(
+        mode=mode,
+        prefill=prefill,
+        decode=decode,
+        router=router,
+        disagg_threshold=threshold if isinstance(threshold, int) else PLACEHOLDER_DISAGG_THRESHOLD,
+        source="placeholder",
+        reason=(
+            "Placeholder plan: replicas from replicas.min, tensor parallelism from the spec"
+            + (" (mode auto resolved to disaggregated)" if spec.mode == Mode.AUTO else "")
+            + "; the analytical planner is not enabled yet."
+        ),
+    )

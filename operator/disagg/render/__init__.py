@@ -1,0 +1,291 @@
+"""Pure renderer: (spec, plan, placement, operator settings) -> the complete desired object list.
+
+Nothing here talks to the API server. The output is plain dicts ready for server-side apply; the
+same function backs the operator and ``disagg render`` (offline review, GitOps diffs).
+One writer per field: a Deployment whose replicas an autoscaler owns is rendered without
+``replicas``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from disagg.api.spec import GROUP, KIND, VERSION, AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.placement import Placement, affinity
+from disagg.planner.plan import Plan, RolePlan
+from disagg.render import autoscaling, router
+from disagg.render.engine import (
+    DECODE_VLLM_PORT,
+    NIXL_PORT,
+    PREFILL_PORT,
+    SIDECAR_PORT,
+    engine_container,
+    routing_sidecar,
+)
+from disagg.render.names import child_name, label_value, merged_labels
+from disagg.settings import OperatorSettings
+
+ROLE_PREFILL = "prefill"
+ROLE_DECODE = "decode"
+ROLE_AGGREGATED = "prefill-decode"
+ROLE_ROUTER = "router"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Identity of the DisaggregatedModel being rendered (uid absent when rendering offline)."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
+
+
+def model_labels(model: ModelRef, settings: OperatorSettings) -> dict[str, str]:
+    """The selector labels shared by every child of one model."""
+    return {f"{settings.prefix}/model": label_value(model.name)}
+
+
+def _common_labels(model: ModelRef, settings: OperatorSettings, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "disagg-model",
+        "app.kubernetes.io/instance": label_value(model.name),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "disagg",
+        "app.kubernetes.io/managed-by": "disagg-operator",
+        **model_labels(model, settings),
+        f"{settings.prefix}/role": component,
+    }
+
+
+def _meta(
+    model: ModelRef,
+    settings: OperatorSettings,
+    name: str,
+    component: str,
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": model.namespace,
+        "labels": merged_labels(extra_labels or {}, _common_labels(model, settings, component)),
+    }
+    if model.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": model.name,
+                "uid": model.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def _llmd_labels(spec: DisaggregatedModelSpec, role: str) -> dict[str, str]:
+    return {
+        "llm-d.ai/role": role,
+        "llm-d.ai/inference-serving": "true",
+        "llm-d.ai/model": label_value(spec.model.name),
+        "llm-d.ai/engine-type": "vllm",
+        "llm-d.ai/accelerator-vendor": "nvidia"
+        if spec.accelerator.resource_name.startswith("nvidia.com/")
+        else label_value(spec.accelerator.resource_name.split("/")[0]),
+        "llm-d.ai/accelerator-variant": label_value(spec.accelerator.type.replace("_", "-").lower()),
+    }
+
+
+def _pod_scheduling(
+    role: EngineRoleSpec | None,
+    placement: Placement | None,
+    model: ModelRef,
+    settings: OperatorSettings,
+    spec: DisaggregatedModelSpec,
+) -> dict[str, Any]:
+    pod: dict[str, Any] = {}
+    scheduling = role.scheduling if role is not None else spec.router.scheduling
+    if scheduling.node_selector:
+        pod["nodeSelector"] = dict(sorted(scheduling.node_selector.items()))
+    if scheduling.tolerations:
+        pod["tolerations"] = [t.wire() for t in scheduling.tolerations]
+    if scheduling.priority_class_name:
+        pod["priorityClassName"] = scheduling.priority_class_name
+    if role is not None and placement is not None:
+        block = affinity(
+            model_selector=model_labels(model, settings),
+            required=placement.required,
+            preferred=placement.preferred,
+            follow_label=placement.follow_label,
+        )
+        if block:
+            pod["affinity"] = block
+    return pod
+
+
+def _engine_deployment(
+    model: ModelRef,
+    spec: DisaggregatedModelSpec,
+    plan_role: RolePlan,
+    role_spec: EngineRoleSpec,
+    role: str,
+    settings: OperatorSettings,
+    placement: Placement | None,
+    autoscaled: bool,
+) -> dict[str, Any]:
+    disaggregated = role != ROLE_AGGREGATED
+    decode = role == ROLE_DECODE
+    port = DECODE_VLLM_PORT if decode else PREFILL_PORT
+    container = engine_container(
+        spec,
+        role_spec,
+        settings,
+        port=port,
+        port_name="vllm" if decode else "http",
+        tensor_parallel=plan_role.tensor_parallel,
+        disaggregated=disaggregated,
+    )
+    if decode:
+        container["args"].append("--shutdown-timeout=60")
+    selector = {**model_labels(model, settings), f"{settings.prefix}/role": role}
+    pod_labels = merged_labels(
+        role_spec.scheduling.pod_labels, _llmd_labels(spec, role), _common_labels(model, settings, role)
+    )
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
+        "terminationGracePeriodSeconds": 90 if decode else 60,
+        "enableServiceLinks": False,
+        **_pod_scheduling(role_spec, placement, model, settings, spec),
+    }
+    if decode:
+        pod_spec["initContainers"] = [routing_sidecar(settings)]
+    template_meta: dict[str, Any] = {"labels": pod_labels}
+    if role_spec.scheduling.pod_annotations:
+        template_meta["annotations"] = dict(sorted(role_spec.scheduling.pod_annotations.items()))
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"metadata": template_meta, "spec": pod_spec},
+    }
+    if not autoscaled:
+        deployment_spec["replicas"] = plan_role.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(model, settings, child_name(model.name, role), role, _llmd_labels(spec, role)),
+        "spec": deployment_spec,
+    }
+
+
+def _service(model: ModelRef, settings: OperatorSettings, role: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(model, settings, child_name(model.name, role), role),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**model_labels(model, settings), f"{settings.prefix}/role": role},
+            "ports": ports,
+        },
+    }
+
+
+def _pdb(model: ModelRef, settings: OperatorSettings, role: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(model, settings, child_name(model.name, role), role),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": {**model_labels(model, settings), f"{settings.prefix}/role": role}},
+        },
+    }
+
+
+def _autoscaled(spec: DisaggregatedModelSpec, plan_role: RolePlan) -> bool:
+    """The autoscaler owns replicas when one is rendered for the role (a range to move in, or scale-to-zero)."""
+    if spec.autoscaling.engine == AutoscalingEngine.NONE:
+        return False
+    return plan_role.autoscaled
+
+
+def render(
+    model: ModelRef,
+    spec: DisaggregatedModelSpec,
+    plan: Plan,
+    settings: OperatorSettings,
+    placement: Placement | None = None,
+) -> list[dict[str, Any]]:
+    """Every child object the model needs, in apply order (config before workloads before scalers)."""
+    objects: list[dict[str, Any]] = []
+    engine_roles: list[tuple[str, RolePlan, EngineRoleSpec]]
+    if plan.mode == "aggregated":
+        engine_roles = [(ROLE_AGGREGATED, plan.prefill, spec.prefill)]
+    else:
+        assert plan.decode is not None, "a disaggregated plan has a decode role"
+        engine_roles = [(ROLE_PREFILL, plan.prefill, spec.prefill), (ROLE_DECODE, plan.decode, spec.decode)]
+
+    router_objects = router.render_router(
+        model=model,
+        spec=spec,
+        plan=plan,
+        settings=settings,
+        meta=lambda name, component: _meta(model, settings, name, component),
+        pod_labels=_common_labels(model, settings, ROLE_ROUTER),
+        selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
+        scheduling=_pod_scheduling(None, None, model, settings, spec),
+        autoscaled=_autoscaled(spec, plan.router),
+        engine_selector=model_labels(model, settings),
+    )
+    objects += router_objects
+    objects.append(_pdb(model, settings, ROLE_ROUTER))
+
+    for role, plan_role, role_spec in engine_roles:
+        autoscaled = _autoscaled(spec, plan_role)
+        objects.append(_engine_deployment(model, spec, plan_role, role_spec, role, settings, placement, autoscaled))
+        if role == ROLE_DECODE:
+            ports = [
+                {"name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "vllm", "port": DECODE_VLLM_PORT, "targetPort": "vllm", "protocol": "TCP"},
+            ]
+        else:
+            ports = [{"name": "http", "port": PREFILL_PORT, "targetPort": "http", "protocol": "TCP"}]
+        if role != ROLE_AGGREGATED:
+            ports.append({"name": "nixl", "port": NIXL_PORT, "targetPort": "nixl", "protocol": "TCP"})
+        objects.append(_service(model, settings, role, ports))
+        objects.append(_pdb(model, settings, role))
+
+    scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in engine_roles]
+    for role, plan_role, role_spec in scalable:
+        if _autoscaled(spec, plan_role):
+            objects.append(
+                autoscaling.engine_scaler(
+                    spec=spec,
+                    settings=settings,
+                    role=role,
+                    plan_role=plan_role,
+                    role_spec=role_spec,
+                    meta=_meta(model, settings, child_name(model.name, role), role),
+                    target_name=child_name(model.name, role),
+                    namespace=model.namespace,
+                )
+            )
+    if _autoscaled(spec, plan.router):
+        objects.append(
+            autoscaling.router_scaler(
+                spec=spec,
+                plan_role=plan.router,
+                meta=_meta(model, settings, child_name(model.name, ROLE_ROUTER), ROLE_ROUTER),
+                target_name=child_name(model.name, ROLE_ROUTER),
+            )
+        )
+    return objects
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, width=120)

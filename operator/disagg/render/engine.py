@@ -1,0 +1,158 @@
+"""Engine (vLLM) pod templates for the prefill, decode and aggregated prefill-decode roles.
+
+Conventions follow llm-d so its router works unchanged: ``llm-d.ai/role`` labels, prefill vLLM on
+8000, decode vLLM on 8200 behind the routing sidecar on 8000, NIXL side channel on 5600 with the
+host taken from the downward API.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, EnvVar, NetworkKind
+from disagg.settings import OperatorSettings
+
+PREFILL_PORT = 8000
+DECODE_VLLM_PORT = 8200
+SIDECAR_PORT = 8000
+NIXL_PORT = 5600
+ENGINE_CONTAINER = "vllm"
+SIDECAR_CONTAINER = "routing-sidecar"
+
+_DTYPE_ARGS = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+def served_model_path(spec: DisaggregatedModelSpec) -> str:
+    """What vLLM loads: the repo id of an hf:// URI, a mounted path, or the model name."""
+    uri = spec.model.uri
+    if uri is None or uri.startswith("hf://"):
+        return uri[len("hf://") :] if uri else spec.model.name
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    if uri.startswith("pvc://"):
+        return "/models/" + uri[len("pvc://") :].split("/", 1)[-1] if "/" in uri[len("pvc://") :] else "/models"
+    return uri
+
+
+def kv_transfer_config(spec: DisaggregatedModelSpec) -> str:
+    """NixlConnector config; recompute on load failure so a prefill pod scaled away costs a recompute."""
+    config: dict[str, Any] = {
+        "kv_connector": spec.kv_transfer.connector.value,
+        "kv_role": "kv_both",
+        "kv_load_failure_policy": "recompute",
+    }
+    backends = [b.value for b in spec.kv_transfer.backends]
+    if backends != ["UCX"]:
+        config["kv_connector_extra_config"] = {"backends": backends}
+    return json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+def engine_args(
+    spec: DisaggregatedModelSpec, role: EngineRoleSpec, *, port: int, tensor_parallel: int, disaggregated: bool
+) -> list[str]:
+    args = [
+        served_model_path(spec),
+        f"--port={port}",
+        f"--served-model-name={spec.model.name}",
+        f"--tensor-parallel-size={tensor_parallel}",
+    ]
+    dtype = spec.model.dtype.value
+    if dtype in _DTYPE_ARGS:
+        args.append(f"--dtype={_DTYPE_ARGS[dtype]}")
+    elif dtype == "fp8":
+        args.append("--quantization=fp8")
+    if spec.model.kv_cache_dtype.value == "fp8":
+        args.append("--kv-cache-dtype=fp8")
+    if disaggregated:
+        args += ["--block-size=128", f"--kv-transfer-config={kv_transfer_config(spec)}"]
+    return [*args, *spec.engine.args, *role.args]
+
+
+def _env_entry(var: EnvVar) -> dict[str, Any]:
+    return var.wire()
+
+
+def engine_env(spec: DisaggregatedModelSpec, role: EngineRoleSpec, *, disaggregated: bool) -> list[dict[str, Any]]:
+    """Operator env first, then engine.env, then role env; a later entry with the same name wins."""
+    env: dict[str, dict[str, Any]] = {}
+    if disaggregated:
+        ucx = "rc,cuda_ipc,cuda_copy,tcp" if spec.kv_transfer.network == NetworkKind.RDMA else "cuda_ipc,cuda_copy,tcp"
+        env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = {
+            "name": "VLLM_NIXL_SIDE_CHANNEL_HOST",
+            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+        }
+        env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_PORT)}
+        env["UCX_TLS"] = {"name": "UCX_TLS", "value": ucx}
+    if spec.model.token_secret_ref is not None:
+        ref = spec.model.token_secret_ref
+        env["HF_TOKEN"] = {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        }
+    for var in [*spec.engine.env, *role.env]:
+        env[var.name] = _env_entry(var)
+    return list(env.values())
+
+
+def _resources(role: EngineRoleSpec, gpu_resource: str, tensor_parallel: int) -> dict[str, Any]:
+    requests = dict(role.resources.requests)
+    limits = dict(role.resources.limits)
+    requests[gpu_resource] = str(tensor_parallel)
+    limits[gpu_resource] = str(tensor_parallel)
+    return {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))}
+
+
+def engine_container(
+    spec: DisaggregatedModelSpec,
+    role: EngineRoleSpec,
+    settings: OperatorSettings,
+    *,
+    port: int,
+    port_name: str,
+    tensor_parallel: int,
+    disaggregated: bool,
+) -> dict[str, Any]:
+    ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
+    if disaggregated:
+        ports.append({"name": "nixl", "containerPort": NIXL_PORT, "protocol": "TCP"})
+    return {
+        "name": ENGINE_CONTAINER,
+        "image": spec.engine.image or settings.engine_image,
+        "command": ["vllm", "serve"],
+        "args": engine_args(spec, role, port=port, tensor_parallel=tensor_parallel, disaggregated=disaggregated),
+        "env": engine_env(spec, role, disaggregated=disaggregated),
+        "ports": ports,
+        "resources": _resources(role, spec.accelerator.resource_name, tensor_parallel),
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": port},
+            "periodSeconds": 10,
+            "failureThreshold": 180,
+        },
+        "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],  # noqa: S108 - shared memory for TP workers
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+
+
+def routing_sidecar(settings: OperatorSettings) -> dict[str, Any]:
+    """llm-d routing sidecar as a native sidecar: it starts before vLLM and stops after it."""
+    return {
+        "name": SIDECAR_CONTAINER,
+        "image": settings.sidecar_image,
+        "restartPolicy": "Always",
+        "args": [
+            f"--port={SIDECAR_PORT}",
+            f"--vllm-port={DECODE_VLLM_PORT}",
+            "--kv-connector=nixlv2",
+            "--secure-serving=false",
+        ],
+        "ports": [{"name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }

@@ -1,0 +1,82 @@
+"""Cluster-wide operator settings (Helm values -> environment / config file), with documented defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_TOPOLOGY_LABELS: dict[str, str] = {
+    "zone": "topology.kubernetes.io/zone",
+    "block": "topology.disagg.dev/block",
+    "rack": "topology.disagg.dev/rack",
+    "host": "kubernetes.io/hostname",
+}
+"""There is no standard rack label; map levels to your cluster's keys, e.g. rack ->
+``nvidia.com/gpu.clique`` (GPU Feature Discovery) or ``ds.coreweave.com/nvlink.domain``."""
+
+
+class MetricNames(BaseModel):
+    """Custom-metric names as the metrics adapter exposes them (colons renamed to underscores)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prefill_queue: str = "vllm_num_requests_waiting"
+    decode_kv_cache: str = "vllm_kv_cache_usage_perc"
+
+
+class OperatorSettings(BaseModel):
+    """What a cluster administrator sets once; every field has a default that works on kind/kwok."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topology_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TOPOLOGY_LABELS))
+    engine_image: str = "ghcr.io/llm-d/llm-d-cuda:v0.4.0"
+    router_image: str = "ghcr.io/llm-d/llm-d-inference-scheduler:v0.4.0"
+    sidecar_image: str = "ghcr.io/llm-d/llm-d-routing-sidecar:v0.4.0"
+    prometheus_url: str | None = None
+    metric_names: MetricNames = Field(default_factory=MetricNames)
+    field_manager: str = "disagg-operator"
+    prefix: str = "disagg.dev"
+    """Label/annotation/finalizer prefix under our own domain."""
+    resync_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """Period of the level-based resync of every model (placement and drift)."""
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch; empty means cluster-wide."""
+    inference_pool: bool = False
+    """Render a Gateway API Inference Extension InferencePool per model (needs its CRD installed)."""
+
+    def level_label(self, level: str) -> str:
+        try:
+            return self.topology_labels[level]
+        except KeyError as exc:
+            raise ValueError(f"no node label configured for topology level {level!r}") from exc
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
+    """Settings from ``DISAGG_SETTINGS_FILE`` (YAML, camelCase or snake_case keys) plus ``DISAGG_*`` overrides."""
+    env = os.environ if environ is None else environ
+    data: dict[str, object] = {}
+    path = env.get("DISAGG_SETTINGS_FILE")
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: settings must be a mapping")
+        data.update({_snake(k): v for k, v in loaded.items()})
+    for key in ("engine_image", "router_image", "sidecar_image", "prometheus_url", "field_manager"):
+        value = env.get(f"DISAGG_{key.upper()}")
+        if value:
+            data[key] = value
+    if env.get("DISAGG_RESYNC_SECONDS"):
+        data["resync_seconds"] = float(env["DISAGG_RESYNC_SECONDS"])
+    if env.get("DISAGG_NAMESPACES"):
+        data["namespaces"] = [n.strip() for n in env["DISAGG_NAMESPACES"].split(",") if n.strip()]
+    if "topology_labels" in data and isinstance(data["topology_labels"], dict):
+        data["topology_labels"] = {**DEFAULT_TOPOLOGY_LABELS, **data["topology_labels"]}
+    return OperatorSettings.model_validate(data)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
