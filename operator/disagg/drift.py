@@ -31,10 +31,10 @@ def stamp(obj: Mapping[str, Any], prefix: str) -> dict[str, Any]:
 
 
 def _scalar_equal(want: Any, have: Any) -> bool:
+    if isinstance(want, bool) or isinstance(have, bool):
+        return want is have
     if want == have:
         return True
-    if isinstance(want, bool) or isinstance(have, bool):
-        return False
     if isinstance(want, str | int | float) and isinstance(have, str | int | float):
         try:
             return parse_quantity(want) == parse_quantity(have)

@@ -34,10 +34,11 @@ class RoleObservation:
     tensor_parallel: int | None
 
     def desired(self) -> int:
+        """The Deployment's replicas (an autoscaler may have raised them), never below the planned floor."""
         if self.deployment is None:
             return self.planned
         replicas = (self.deployment.get("spec") or {}).get("replicas")
-        return int(replicas) if replicas is not None else self.planned
+        return max(int(replicas), self.planned) if replicas is not None else self.planned
 
     def status(self) -> RoleStatus:
         observed = (self.deployment or {}).get("status") or {}
@@ -93,7 +94,6 @@ def placement_status(decision: PlacementDecision) -> PlacementStatus:
         domain=decision.domain,
         required=decision.required,
         gpus_needed=decision.gpus_needed,
-        gpus_free=decision.gpus_free,
     )
 
 

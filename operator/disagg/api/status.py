@@ -86,8 +86,7 @@ class PlacementStatus(CamelModel):
     required: bool
     """True for pack.required/packDomain, False for pack.preferred."""
     gpus_needed: int = 0
-    gpus_free: int = 0
-    """Free GPUs in the chosen domain when it was chosen (excluding this model's own pods)."""
+    """GPUs the planned floor of prefill and decode pods needs in one domain."""
 
 
 class DisaggregatedModelStatus(CamelModel):

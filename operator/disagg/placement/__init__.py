@@ -162,14 +162,15 @@ def choose_domain(
     kept = next((r for r in fitting if r.domain == previous), None)
     if kept is not None:
         chosen, fits = kept, True
-        why = f"kept {level} {chosen.domain}: {chosen.free_gpus} free GPUs hold the {need} needed"
     elif fitting:
         chosen, fits = min(fitting, key=lambda r: (r.free_gpus, r.domain)), True
-        why = f"chose {level} {chosen.domain} (best fit): {chosen.free_gpus} free GPUs hold the {need} needed"
     else:
         chosen, fits = max(reports, key=lambda r: (r.free_gpus, r.domain)), False
         spill = "pods that do not fit stay Pending" if required else "pods spill over to other domains"
         why = f"no {level} has room for {need} GPUs ({summary}); using {chosen.domain}, {spill}"
+    if fits:
+        # Worded without live free counts so the status (and its writes) stay quiet while we stay put.
+        why = f"{level} {chosen.domain} holds the {need} GPUs needed"
     return PlacementDecision(
         level=level,
         node_label=node_label,

@@ -1,0 +1,172 @@
+"""Placement picks the best-fitting domain that can really hold the pods, and stays put."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from disagg.api.spec import TopologySpec
+from disagg.placement import NodeInfo, affinity, choose_domain, node_inventory, place
+from disagg.settings import OperatorSettings
+
+RACK = "topology.disagg.dev/rack"
+
+
+def nodes(spec: dict[str, list[int]]) -> list[NodeInfo]:
+    """{rack: [free GPUs per 8-GPU node]} -> inventory."""
+    return [
+        NodeInfo(name=f"{rack}-{i}", labels={RACK: rack}, allocatable_gpus=8, requested_gpus=8 - free)
+        for rack, frees in spec.items()
+        for i, free in enumerate(frees)
+    ]
+
+
+def decide(inventory: list[NodeInfo], pods: list[int], previous: str | None = None, required: bool = True) -> Any:
+    return choose_domain(inventory, level="rack", node_label=RACK, pod_gpus=pods, required=required, previous=previous)
+
+
+def test_best_fit_prefers_the_tightest_rack_that_holds_everything() -> None:
+    inventory = nodes({"rack-a": [8, 0, 0, 0], "rack-b": [8, 8, 8, 8], "rack-c": [8, 8, 8, 0]})
+    decision = decide(inventory, [4, 4, 8])
+    assert decision.domain == "rack-c"
+    assert decision.fits
+    assert decision.gpus_needed == 16
+
+
+def test_partly_occupied_rack_is_not_chosen_when_it_cannot_hold_the_model() -> None:
+    inventory = nodes({"rack-a": [8, 0, 0, 0], "rack-b": [8, 8, 8, 8]})
+    assert decide(inventory, [4, 4, 8]).domain == "rack-b"
+
+
+def test_fit_is_per_node_not_just_the_sum() -> None:
+    inventory = nodes({"rack-a": [4, 4, 4, 4], "rack-b": [8, 8, 0, 0]})
+    decision = decide(inventory, [8])
+    assert decision.domain == "rack-b"
+    assert not decide(nodes({"rack-a": [4, 4, 4, 4]}), [8]).fits
+
+
+def test_previous_domain_is_kept_while_it_still_fits() -> None:
+    inventory = nodes({"rack-a": [8, 8, 8, 8], "rack-b": [8, 8, 0, 0]})
+    assert decide(inventory, [8], previous="rack-a").domain == "rack-a"
+    assert decide(inventory, [8, 8, 8], previous="rack-b").domain == "rack-a"
+
+
+def test_no_room_reports_numbers_and_picks_the_roomiest() -> None:
+    inventory = nodes({"rack-a": [8, 0, 0, 0], "rack-b": [8, 8, 0, 0]})
+    decision = decide(inventory, [8, 8, 8, 8])
+    assert not decision.fits
+    assert decision.domain == "rack-b"
+    assert (
+        "32 GPUs" in decision.message
+    )
+    assert (
+        "rack-a 8 free" in decision.message
+    )
+    assert (
+        "rack-b 16 free" in decision.message
+    )
+    assert "Pending" in decision.message
+    assert "spill" in decide(inventory, [8, 8, 8, 8], required=False).message
+
+
+def test_unschedulable_nodes_offer_nothing() -> None:
+    node = NodeInfo(name="n", labels={RACK: "r"}, allocatable_gpus=8, requested_gpus=0, schedulable=False)
+    assert not decide([node], [1]).fits
+
+
+def test_no_labelled_nodes() -> None:
+    decision = decide([NodeInfo(name="n", labels={}, allocatable_gpus=8, requested_gpus=0)], [1])
+    assert decision.domain is None
+    assert not decision.fits
+    assert RACK in decision.message
+
+
+def _node(name: str, rack: str, gpus: str = "8", ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {RACK: rack}},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": gpus},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def _pod(
+    node: str, gpus: int, labels: dict[str, str], namespace: str = "default", phase: str = "Running"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def test_inventory_counts_others_and_ignores_own_and_finished_pods() -> None:
+    own = {"disagg.dev/model": "m"}
+    pods = [
+        _pod("n1", 4, {"app": "other"}),
+        _pod("n1", 2, own),
+        _pod("n1", 2, own, namespace="elsewhere"),
+        _pod("n1", 8, {"app": "done"}, phase="Succeeded"),
+        _pod("", 8, {"app": "pending"}),
+    ]
+    inventory = node_inventory(
+        [_node("n1", "r"), _node("n2", "r", ready=False), {"metadata": {"name": "cpu"}, "status": {}}],
+        pods,
+        resource="nvidia.com/gpu",
+        exclude_labels=own,
+        exclude_namespace="default",
+    )
+    by_name = {n.name: n for n in inventory}
+    assert set(by_name) == {"n1", "n2"}
+    assert by_name["n1"].requested_gpus == 6
+    assert by_name["n1"].free_gpus == 2
+    assert by_name["n2"].free_gpus == 0
+
+
+def test_place_offline_requires_the_label_without_a_domain() -> None:
+    placement = place(
+        TopologySpec(pack_domain="rack"), pod_gpus=[8], inventory=None, settings=OperatorSettings(), previous={}
+    )
+    assert placement is not None
+    assert placement.required is not None
+    assert placement.required.domain is None
+    block = affinity(model_selector={"m": "x"}, required=placement.required, preferred=None, follow_label=RACK)
+    expression = block["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert expression["matchExpressions"] == [{"key": RACK, "operator": "Exists"}]
+
+
+def test_preferred_renders_preferences_and_host_follows_siblings() -> None:
+    inventory = nodes({"rack-a": [8, 8]})
+    placement = place(
+        TopologySpec(pack={"required": "rack", "preferred": "host"}),
+        pod_gpus=[8],
+        inventory=inventory,
+        settings=OperatorSettings(),
+        previous={},
+    )
+    assert placement is not None
+    assert placement.follow_label == "kubernetes.io/hostname"
+    preferred = place(
+        TopologySpec(pack={"preferred": "rack"}),
+        pod_gpus=[8],
+        inventory=inventory,
+        settings=OperatorSettings(),
+        previous={},
+    )
+    assert preferred is not None
+    assert preferred.required is None
+    assert preferred.preferred is not None
+    block = affinity(model_selector={"m": "x"}, required=None, preferred=preferred.preferred, follow_label=RACK)
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in block["nodeAffinity"]
+    assert block["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 100
+
+
+def test_topology_labels_are_configurable() -> None:
+    settings = OperatorSettings(topology_labels={"rack": "nvidia.com/gpu.clique", "host": "kubernetes.io/hostname"})
+    placement = place(TopologySpec(pack_domain="rack"), pod_gpus=[8], inventory=None, settings=settings, previous={})
+    assert placement is not None
+    assert placement.required is not None
+    assert placement.required.node_label == "nvidia.com/gpu.clique"
