@@ -55,15 +55,9 @@ def test_no_room_reports_numbers_and_picks_the_roomiest() -> None:
     decision = decide(inventory, [8, 8, 8, 8])
     assert not decision.fits
     assert decision.domain == "rack-b"
-    assert (
-        "32 GPUs" in decision.message
-    )
-    assert (
-        "rack-a 8 free" in decision.message
-    )
-    assert (
-        "rack-b 16 free" in decision.message
-    )
+    assert "32 GPUs" in decision.message
+    assert "rack-a 8 free" in decision.message
+    assert "rack-b 16 free" in decision.message
     assert "Pending" in decision.message
     assert "spill" in decide(inventory, [8, 8, 8, 8], required=False).message
 

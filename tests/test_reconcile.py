@@ -134,12 +134,8 @@ def test_switch_to_aggregated_prunes_disaggregated_children(cluster: MemoryClust
     outcome = run(cluster, "llama-70b")
     names = {identity(o)[3] for o in cluster.objects.values() if o["kind"] == "Deployment"}
     assert names == {"llama-70b-prefill-decode", "llama-70b-router"}
-    assert (
-        "Deployment/llama-70b-decode" in outcome.deleted
-    )
-    assert (
-        "HorizontalPodAutoscaler/llama-70b-decode" in outcome.deleted
-    )
+    assert "Deployment/llama-70b-decode" in outcome.deleted
+    assert "HorizontalPodAutoscaler/llama-70b-decode" in outcome.deleted
 
 
 def test_children_of_another_owner_are_not_touched(cluster: MemoryCluster) -> None:
