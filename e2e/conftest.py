@@ -1,0 +1,73 @@
+"""Fixtures for the e2e suite: one local cluster per session, one namespace per test, the operator process.
+
+``DISAGG_E2E_CLUSTER=existing`` runs the suite against the cluster in ``KUBECONFIG`` (e.g. kind);
+otherwise a private kwok cluster is started for the session and torn down afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, cluster_down, cluster_up, wait_for
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterEnv]:
+    if os.environ.get("DISAGG_E2E_CLUSTER") == "existing":
+        yield ClusterEnv(
+            os.environ["KUBECONFIG"], os.environ.get("DISAGG_E2E_BIN_DIR"), os.environ.get("DISAGG_E2E_AUDIT_LOG"), None
+        )
+        return
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    try:
+        env = cluster_up(name)
+        yield env
+    finally:
+        cluster_down(name)
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: ClusterEnv) -> Kubectl:
+    k = Kubectl(cluster)
+    k.run("apply", "--server-side", "-f", str(ROOT / "crds"))
+    k.run("wait", "--for=condition=Established", "crd/disaggregatedmodels.disagg.dev", "--timeout=60s")
+    return k
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: ClusterEnv, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(cluster, log)
+    proc.start()
+    try:
+        wait_for("the operator to start", lambda: "disagg operator started" in proc.log_tail(200) or None, timeout=60)
+        yield proc
+    finally:
+        proc.stop()
+        if os.environ.get("DISAGG_E2E_SHOW_LOG"):
+            print(proc.log_tail(400))
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{request.node.name[:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")[:60].strip("-")
+    kubectl.run("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)

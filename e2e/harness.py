@@ -1,0 +1,222 @@
+"""Test harness for the local control plane: cluster lifecycle, kubectl, the operator process, audit log.
+
+Everything goes through the real binaries built by ``e2e/tools.sh`` (kubectl included), so what
+the tests see is what a user sees. All waits are bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+E2E_DIR = Path(__file__).resolve().parent
+ROOT = E2E_DIR.parent
+CLUSTER_SH = E2E_DIR / "cluster.sh"
+T = TypeVar("T")
+
+
+class ClusterEnv:
+    """Connection facts of a running cluster (from ``cluster.sh env`` or an existing KUBECONFIG)."""
+
+    def __init__(self, kubeconfig: str, bin_dir: str | None, audit_log: str | None, name: str | None) -> None:
+        self.kubeconfig = kubeconfig
+        self.bin_dir = bin_dir
+        self.audit_log = audit_log
+        self.name = name
+
+    @property
+    def kubectl_path(self) -> str:
+        if self.bin_dir and (Path(self.bin_dir) / "kubectl").exists():
+            return str(Path(self.bin_dir) / "kubectl")
+        found = shutil.which("kubectl")
+        if not found:
+            raise RuntimeError("kubectl not found: run `make e2e-tools`")
+        return found
+
+
+def cluster_env(name: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["bash", str(CLUSTER_SH), "env"],
+        env={**os.environ, "DISAGG_CLUSTER_NAME": name},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def cluster_up(name: str) -> ClusterEnv:
+    subprocess.run(
+        ["bash", str(CLUSTER_SH), "up"],
+        env={**os.environ, "DISAGG_CLUSTER_NAME": name},
+        check=True,
+        timeout=900,
+    )
+    env = cluster_env(name)
+    return ClusterEnv(env["KUBECONFIG"], env.get("DISAGG_E2E_BIN_DIR"), env.get("DISAGG_E2E_AUDIT_LOG"), name)
+
+
+def cluster_down(name: str) -> None:
+    subprocess.run(
+        ["bash", str(CLUSTER_SH), "down"],
+        env={**os.environ, "DISAGG_CLUSTER_NAME": name},
+        check=False,
+        timeout=300,
+    )
+
+
+class Kubectl:
+    def __init__(self, env: ClusterEnv) -> None:
+        self.env = env
+
+    def run(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.env.kubectl_path, "--kubeconfig", self.env.kubeconfig, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.run("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr or "not found" in result.stderr:
+                return None
+            raise AssertionError(result.stderr)
+        value: dict[str, Any] = json.loads(result.stdout)
+        return value
+
+    def items(self, kind: str, namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
+        args = ["get", kind]
+        args += ["-n", namespace] if namespace else ["-A"]
+        if selector:
+            args += ["-l", selector]
+        items: list[dict[str, Any]] = self.json(*args)["items"]
+        return items
+
+    def apply(self, obj: dict[str, Any] | str, namespace: str | None = None, server_side: bool = True) -> None:
+        text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
+        args = ["apply", "-f", "-"]
+        if server_side:
+            args.append("--server-side")
+        if namespace:
+            args += ["-n", namespace]
+        self.run(*args, stdin=text)
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class OperatorProcess:
+    """``disagg run`` as a local process against the test cluster."""
+
+    def __init__(self, env: ClusterEnv, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "operator already running"
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "disagg.cli", "run"],
+            env={
+                **os.environ,
+                "KUBECONFIG": self.env.kubeconfig,
+                "DISAGG_RESYNC_SECONDS": "3",
+                **self.extra_env,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def audit_events(path: str | None) -> Iterator[dict[str, Any]]:
+    if not path or not Path(path).exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for raw in handle:
+            line = raw.strip()
+            if line:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def operator_writes(
+    path: str | None, since: float, user_agents: tuple[str, ...] = ("disagg-operator", "kopf")
+) -> list[str]:
+    """Write requests the operator (our client or kopf's) made after ``since`` (epoch seconds)."""
+    found = []
+    for event in audit_events(path):
+        if event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITE_VERBS:
+            continue
+        if not str(event.get("userAgent", "")).startswith(user_agents):
+            continue
+        stamp = event.get("requestReceivedTimestamp", "")
+        try:
+            when = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        except ValueError:
+            continue
+        if when >= since:
+            found.append(f"{event['verb']} {event.get('requestURI')}")
+    return found
