@@ -50,3 +50,7 @@ clean: ## remove local build/test state (not the tool cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 -include e2e/e2e.mk
+
+demo: $(STAMP) ## the main job: local GPU cluster + operator + Llama-70B sample, with a report
+	$(MAKE) --no-print-directory e2e-tools
+	$(BIN)/python e2e/demo.py

@@ -91,6 +91,7 @@ kind: KwokctlConfiguration
 options:
   runtime: binary
   bindAddress: 127.0.0.1
+  kubectlBinary: ${BIN}/kubectl
   kubeAuthorization: true
   kubeAdmission: true
 componentsPatches:
@@ -149,7 +150,6 @@ cmd_up() {
     --kube-scheduler-binary "${BIN}/kube-scheduler"
     --kwok-controller-binary "${BIN}/kwok"
     --etcd-binary "${BIN}/etcd"
-    --kubectl-binary "${BIN}/kubectl"
     --kube-audit-policy "${E2E_DIR}/cluster/audit-policy.yaml"
     --timeout 3m
     --wait 2m
