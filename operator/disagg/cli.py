@@ -72,11 +72,22 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import kopf
+    from kubernetes.config import ConfigException
+    from pydantic import ValidationError
 
-    import disagg.handlers  # noqa: F401 - registers the handlers
+    from disagg import handlers
+    from disagg.kube.client import load_api_client
     from disagg.settings import load_settings
 
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except (OSError, ValueError, ValidationError) as exc:
+        raise CliError(f"invalid operator settings: {exc}".replace("\n", " ")) from exc
+    try:
+        api = load_api_client()
+    except ConfigException as exc:
+        raise CliError(f"no cluster credentials: {exc} (set KUBECONFIG or run in a pod)") from exc
+    handlers.configure(settings, api)
     namespaces: list[str] = list(args.namespace or settings.namespaces)
     kopf.run(
         clusterwide=not namespaces,

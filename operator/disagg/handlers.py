@@ -29,9 +29,14 @@ def operator_settings() -> OperatorSettings:
     return _state["settings"]  # type: ignore[no-any-return]
 
 
+def configure(settings: OperatorSettings, api: Any) -> None:
+    """Hand the CLI's validated settings and API client to the handlers (before kopf starts)."""
+    _state.update(settings=settings, api=api)
+
+
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    ours = load_settings()
+    ours: OperatorSettings = _state.get("settings") or load_settings()
     prefix = ours.prefix
     settings.persistence.finalizer = f"{prefix}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
@@ -44,7 +49,7 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
-    cluster = KubeCluster(load_api_client(), field_manager=ours.field_manager)
+    cluster = KubeCluster(_state.get("api") or load_api_client(), field_manager=ours.field_manager)
     worker = Controller(cluster, ours)
     worker.start()
     _state.update(settings=ours, cluster=cluster, controller=worker)
