@@ -63,7 +63,8 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     try:
         yield name
     finally:
-        kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+        # wait, so the next test starts with the GPUs this one used free again
+        kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=90s", check=False, timeout=120)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -24,11 +24,15 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def _merge(live: Any, applied: Any) -> Any:
-    """Server-side-apply-like merge: applied fields win, fields only the server/others set survive."""
+    """Server-side-apply-like merge: applied fields win, fields only the server/others set survive,
+    and empty lists vanish as they do in the API server's stored objects."""
     if isinstance(live, dict) and isinstance(applied, dict):
         merged = dict(live)
         for key, value in applied.items():
-            merged[key] = _merge(live.get(key), value)
+            if value == []:
+                merged.pop(key, None)
+            else:
+                merged[key] = _merge(live.get(key), value)
         return merged
     return copy.deepcopy(applied)
 

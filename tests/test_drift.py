@@ -49,3 +49,8 @@ def test_needs_apply_on_hash_change_and_on_hand_edit() -> None:
 def test_stamp_is_stable() -> None:
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}}
     assert stamp(obj, "p") == stamp(stamp(obj, "p"), "p")
+
+
+def test_empty_rendered_list_matches_an_absent_field() -> None:
+    assert is_subset({"env": [], "image": "a"}, {"image": "a"})
+    assert not is_subset({"env": [{"name": "X"}]}, {})

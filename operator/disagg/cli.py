@@ -88,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigException as exc:
         raise CliError(f"no cluster credentials: {exc} (set KUBECONFIG or run in a pod)") from exc
     handlers.configure(settings, api)
+    if not args.verbose:  # kopf logs every handler success at INFO; ours say what changed
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces: list[str] = list(args.namespace or settings.namespaces)
     kopf.run(
         clusterwide=not namespaces,

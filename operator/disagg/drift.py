@@ -47,12 +47,35 @@ def _named(items: list[Any]) -> bool:
     return bool(items) and all(isinstance(i, Mapping) and "name" in i for i in items)
 
 
+def first_difference(want: Any, have: Any, path: str = "") -> str | None:
+    """Where ``want`` stops being a subset of ``have`` (for logs), or None."""
+    if isinstance(want, Mapping) and isinstance(have, Mapping):
+        for key, value in want.items():
+            if key not in have:
+                if value == []:
+                    continue
+                return f"{path}.{key} missing"
+            found = first_difference(value, have[key], f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if is_subset(want, have):
+        return None
+    if isinstance(want, list) and isinstance(have, list) and len(want) == len(have):
+        for index, (w, h) in enumerate(zip(want, have, strict=True)):
+            found = first_difference(w, h, f"{path}[{index}]")
+            if found:
+                return found
+    return f"{path}: want {want!r:.200}, have {have!r:.200}"
+
+
 def is_subset(want: Any, have: Any) -> bool:
     """Every value in ``want`` holds in ``have`` (lists of named items matched by name)."""
     if isinstance(want, Mapping):
         if not isinstance(have, Mapping):
             return False
-        return all(key in have and is_subset(value, have[key]) for key, value in want.items())
+        # the API server drops empty lists, so an empty list we render matches an absent field
+        return all(is_subset(value, have[key]) if key in have else value == [] for key, value in want.items())
     if isinstance(want, list):
         if not isinstance(have, list):
             return False
@@ -67,13 +90,18 @@ def is_subset(want: Any, have: Any) -> bool:
     return _scalar_equal(want, have)
 
 
-def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None, prefix: str) -> bool:
-    """True when ``desired`` (already stamped) must be applied over ``live``."""
+def apply_reason(desired: Mapping[str, Any], live: Mapping[str, Any] | None, prefix: str) -> str | None:
+    """Why ``desired`` (already stamped) must be applied over ``live``; None when it need not be."""
     if live is None:
-        return True
+        return "absent"
     key = hash_annotation(prefix)
     want_hash = ((desired.get("metadata") or {}).get("annotations") or {}).get(key)
     have_hash = ((live.get("metadata") or {}).get("annotations") or {}).get(key)
     if want_hash != have_hash:
-        return True
-    return not is_subset({k: v for k, v in desired.items() if k != "status"}, live)
+        return "rendered form changed"
+    return first_difference({k: v for k, v in desired.items() if k != "status"}, live)
+
+
+def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None, prefix: str) -> bool:
+    """True when ``desired`` (already stamped) must be applied over ``live``."""
+    return apply_reason(desired, live, prefix) is not None

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from disagg.api.spec import DisaggregatedModelSpec, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, condition
-from disagg.drift import needs_apply, stamp
+from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, identity, owned_by
 from disagg.placement import Placement, node_inventory, place
 from disagg.planner.plan import Plan, placeholder_plan
@@ -181,7 +181,16 @@ def reconcile(
     try:
         for obj in desired:
             key = identity(obj)
-            if needs_apply(obj, live.get(key), settings.prefix):
+            reason = apply_reason(obj, live.get(key), settings.prefix)
+            if reason is not None:
+                log.debug(
+                    "%s/%s: applying %s/%s: %s",
+                    model.namespace,
+                    model.name,
+                    obj["kind"],
+                    obj["metadata"]["name"],
+                    reason,
+                )
                 current[key] = cluster.apply(obj)
                 outcome.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
             else:

@@ -46,6 +46,8 @@ class Plan:
     predicted_ttft_ms: float | None = None
     predicted_itl_ms: float | None = None
     slo_met: bool | None = None
+    decode_max_batch: int | None = None
+    """Sequences one decode-capable replica holds at full context (engine max-num-seqs), when planned."""
 
     @property
     def gpus(self) -> int:

@@ -116,12 +116,11 @@ def engine_container(
     ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
     if disaggregated:
         ports.append({"name": "nixl", "containerPort": NIXL_PORT, "protocol": "TCP"})
-    return {
+    container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": spec.engine.image or settings.engine_image,
         "command": ["vllm", "serve"],
         "args": engine_args(spec, role, port=port, tensor_parallel=tensor_parallel, disaggregated=disaggregated),
-        "env": engine_env(spec, role, disaggregated=disaggregated),
         "ports": ports,
         "resources": _resources(role, spec.accelerator.resource_name, tensor_parallel),
         "startupProbe": {
@@ -134,6 +133,10 @@ def engine_container(
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],  # noqa: S108 - shared memory for TP workers
         "securityContext": {"allowPrivilegeEscalation": False},
     }
+    env = engine_env(spec, role, disaggregated=disaggregated)
+    if env:  # the API server drops an empty list; rendering none keeps drift checks exact
+        container["env"] = env
+    return container
 
 
 def routing_sidecar(settings: OperatorSettings) -> dict[str, Any]:

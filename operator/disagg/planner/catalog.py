@@ -1,0 +1,434 @@
+"""What the planner knows about hardware, serving engines and model shapes.
+
+GPU figures are dense (no sparsity) datasheet numbers. Efficiency factors are per GPU *generation*,
+never per measurement: they say which fraction of a datasheet peak well-tuned kernels reach on that
+silicon (large GEMMs, streaming HBM reads, NVLink collectives), and are justified in docs/planner.md.
+Model shapes come from Hugging Face ``config.json`` files; the presets are trimmed copies of the
+public configs shipped as package data, parsed by the same loader users reach with ``--model-config``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+DType = Literal["bf16", "fp8", "fp4"]
+DTYPES: tuple[DType, ...] = ("bf16", "fp8", "fp4")
+Backend = Literal["vllm", "trtllm", "sglang"]
+BACKENDS: tuple[Backend, ...] = ("vllm", "trtllm", "sglang")
+
+BYTES_PER_PARAM: dict[str, float] = {
+    "bf16": 2.0,
+    "fp8": 1.0 + 1.0 / 128,  # block scales (128-wide) are a rounding error, but they are read too
+    "fp4": 0.5 + 1.0 / 32,  # one 8-bit scale per 16 (nvfp4) or 32 (mxfp4) values: take the mean
+}
+
+
+class PlanningError(ValueError):
+    """Input the planner cannot act on; the message is one line, shown to users verbatim."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Efficiency of one GPU generation: fraction of datasheet peak reached by tuned kernels."""
+
+    name: str
+    gemm_eta: float
+    """Large bf16 GEMMs (cuBLAS/CUTLASS) vs dense peak."""
+    low_precision_eta: dict[str, float]
+    """Extra factor for fp8/fp4 GEMMs: scaling epilogues and smaller tiles leave more on the table."""
+    hbm_eta: float
+    """Streaming weight/KV reads vs HBM peak."""
+    attention_eta: float
+    """FlashAttention-class kernels vs bf16 peak (softmax and masking are not tensor-core work)."""
+    link_eta: float
+    """Achieved all-reduce bus bandwidth vs per-direction link bandwidth."""
+    allreduce_latency_us: float
+    """Fixed cost of one small all-reduce (launch + one NVLink/PCIe round trip)."""
+    layer_floor_us: float
+    """Per-layer kernel floor of a decode step (about a dozen kernels, each with a launch/tail cost)."""
+
+
+GENERATIONS: dict[str, Generation] = {
+    # Ampere: mature software; A100 cuBLAS reaches ~70% of 312 TFLOPS, HBM2e ~80% of 2.0 TB/s.
+    "ampere": Generation("ampere", 0.70, {"fp8": 1.0, "fp4": 1.0}, 0.80, 0.55, 0.80, 8.0, 16.0),
+    # Hopper: ~65% of dense bf16 peak for large GEMMs, fp8 ~55% of fp8 peak; HBM3 ~80%.
+    "hopper": Generation("hopper", 0.65, {"fp8": 0.85, "fp4": 0.80}, 0.80, 0.50, 0.80, 8.0, 14.0),
+    # Blackwell: larger tensor-core tiles, younger kernels; HBM3e at 8 TB/s is harder to saturate.
+    "blackwell": Generation("blackwell", 0.62, {"fp8": 0.85, "fp4": 0.75}, 0.77, 0.45, 0.80, 7.0, 12.0),
+    # Ada (L40S): GDDR6, PCIe-only collectives (no NVLink): slow and high-latency all-reduce.
+    "ada": Generation("ada", 0.65, {"fp8": 0.85, "fp4": 1.0}, 0.80, 0.50, 0.70, 25.0, 16.0),
+}
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    generation: str
+    tflops: dict[str, float]
+    """Dense tensor-core TFLOPS per operand dtype; a missing dtype means no native support."""
+    hbm_gb: float
+    hbm_tbps: float
+    scaleup_gbps: float
+    """Per-direction NVLink (or PCIe when no NVLink) bandwidth per GPU, GB/s."""
+    scaleup_domain: int
+    """GPUs reachable over the scale-up fabric (8 in an HGX box, 72 in an NVL72 rack)."""
+    scaleout_gbps: float
+    """Per-GPU NIC bandwidth (GB/s) of the typical node for this GPU."""
+    hourly_usd: float
+    """Indicative on-demand price per GPU-hour, for $/1M-token figures only."""
+
+    @property
+    def eff(self) -> Generation:
+        return GENERATIONS[self.generation]
+
+    def compute_dtype(self, weights: str) -> str:
+        """The GEMM operand dtype actually used: native if supported, else the next wider one."""
+        for dtype in (weights, "fp8", "bf16"):
+            if dtype in self.tflops and DTYPES.index(dtype) <= DTYPES.index(weights):
+                return dtype
+        return "bf16"
+
+    def gemm_flops(self, weights: str) -> float:
+        """Achievable GEMM FLOP/s per GPU for this weight precision."""
+        dtype = self.compute_dtype(weights)
+        eta = self.eff.gemm_eta * self.eff.low_precision_eta.get(dtype, 1.0)
+        return self.tflops[dtype] * 1e12 * eta
+
+    @property
+    def attention_flops(self) -> float:
+        return self.tflops["bf16"] * 1e12 * self.eff.attention_eta
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        return self.hbm_tbps * 1e12 * self.eff.hbm_eta
+
+
+GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in (
+        GPU("a100-80g", "ampere", {"bf16": 312}, 80, 2.039, 300, 8, 25, 1.8),
+        GPU("h100-sxm", "hopper", {"bf16": 989, "fp8": 1979}, 80, 3.35, 450, 8, 50, 3.0),
+        GPU("h200-sxm", "hopper", {"bf16": 989, "fp8": 1979}, 141, 4.8, 450, 8, 50, 3.8),
+        GPU("b200", "blackwell", {"bf16": 2250, "fp8": 4500, "fp4": 9000}, 180, 8.0, 900, 8, 50, 5.5),
+        GPU("gb200", "blackwell", {"bf16": 2500, "fp8": 5000, "fp4": 10000}, 186, 8.0, 900, 72, 100, 6.5),
+        GPU("b300", "blackwell", {"bf16": 2250, "fp8": 4500, "fp4": 14000}, 288, 8.0, 900, 8, 100, 7.0),
+        GPU("gb300", "blackwell", {"bf16": 2500, "fp8": 5000, "fp4": 15000}, 288, 8.0, 900, 72, 100, 8.0),
+        GPU("l40s", "ada", {"bf16": 362, "fp8": 733}, 48, 0.864, 32, 8, 25, 1.0),
+    )
+}
+_GPU_ALIASES = {"a100": "a100-80g", "a100-sxm": "a100-80g", "h100": "h100-sxm", "h200": "h200-sxm"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_]+", "-", name.strip().lower())
+
+
+def get_gpu(name: str) -> GPU:
+    """A catalog GPU by name; ``H100_SXM``, ``h100-sxm`` and ``h100`` all work."""
+    key = _norm(name)
+    key = _GPU_ALIASES.get(key, key)
+    if key not in GPUS:
+        raise PlanningError(f"unknown GPU {name!r}; known: {', '.join(GPUS)}")
+    return GPUS[key]
+
+
+@dataclass(frozen=True)
+class BackendProfile:
+    """Serving-engine constants: host-side costs no roofline sees. Same for every GPU and model."""
+
+    name: str
+    step_overhead_ms: float
+    """Scheduler, sampling and input preparation per engine step (CPU work between CUDA graphs)."""
+    allreduce_factor: float
+    """Multiplier on the all-reduce latency (custom one-shot kernels vs NCCL)."""
+    request_overhead_ms: float
+    """Per-request fixed time to first token outside the GPU: HTTP, tokenisation, detokenised stream."""
+    chunk_tokens: int
+    """Default prefill token budget per step (chunked prefill / max_num_tokens)."""
+    lockstep: Literal["none", "step", "wave"]
+    """How fixed-length closed-loop clients stay synchronised under this scheduler: ``none`` (prefill
+    chunks ride decode steps first-come first-served, so clients drift apart), ``step`` (prompts
+    prefilled in one step finish and return together) or ``wave`` (prefill-first scheduling pauses
+    decode, so every client's request starts and ends together and each wave arrives at once)."""
+
+
+BACKEND_PROFILES: dict[str, BackendProfile] = {
+    "vllm": BackendProfile("vllm", 1.2, 1.3, 30.0, 8192, "none"),
+    "sglang": BackendProfile("sglang", 1.0, 1.2, 40.0, 8192, "wave"),
+    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 80.0, 8192, "none"),
+}
+
+
+def get_backend(name: str) -> BackendProfile:
+    key = _norm(name).replace("-", "")
+    key = {"tensorrtllm": "trtllm", "trt": "trtllm"}.get(key, key)
+    if key not in BACKEND_PROFILES:
+        raise PlanningError(f"unknown backend {name!r}; use one of {', '.join(BACKEND_PROFILES)}")
+    return BACKEND_PROFILES[key]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The parts of a transformer's shape that set its FLOPs, bytes and KV size."""
+
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool = False
+    experts: int = 0
+    top_k: int = 0
+    moe_intermediate: int = 0
+    shared_experts: int = 0
+    dense_layers: int = 0
+    """Leading layers with a dense MLP in an MoE model (DeepSeek's first_k_dense_replace)."""
+    mla: bool = False
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_dim: int = 0
+    qk_nope_dim: int = 0
+    v_head_dim: int = 0
+    sliding_window: int = 0
+    sliding_layers: int = 0
+    native_dtype: str = "bf16"
+    """Precision of the published checkpoint (fp8 for DeepSeek-V3, fp4 experts for gpt-oss)."""
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.experts > 0
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers if self.is_moe else 0
+
+    # --- parameters ---------------------------------------------------------------------------
+    @property
+    def attention_params(self) -> float:
+        """Per layer."""
+        h = self.hidden
+        if self.mla:
+            q = h * self.q_lora_rank + self.q_lora_rank * self.heads * (self.qk_nope_dim + self.qk_rope_dim)
+            if self.q_lora_rank == 0:
+                q = h * self.heads * (self.qk_nope_dim + self.qk_rope_dim)
+            kv = h * (self.kv_lora_rank + self.qk_rope_dim)
+            kv += self.kv_lora_rank * self.heads * (self.qk_nope_dim + self.v_head_dim)
+            return q + kv + self.heads * self.v_head_dim * h
+        return h * self.head_dim * (2 * self.heads + 2 * self.kv_heads)
+
+    @property
+    def dense_mlp_params(self) -> float:
+        return 3.0 * self.hidden * self.intermediate
+
+    @property
+    def expert_params(self) -> float:
+        """One routed expert (gate, up, down)."""
+        return 3.0 * self.hidden * self.moe_intermediate
+
+    @property
+    def embedding_params(self) -> float:
+        return float(self.vocab * self.hidden)
+
+    @property
+    def total_params(self) -> float:
+        per_layer = self.layers * self.attention_params
+        if self.is_moe:
+            mlp = self.dense_layers * self.dense_mlp_params
+            mlp += self.moe_layers * (self.experts + self.shared_experts) * self.expert_params
+            mlp += self.moe_layers * self.hidden * self.experts  # router
+        else:
+            mlp = self.layers * self.dense_mlp_params
+        return per_layer + mlp + self.embedding_params * (1 if self.tied_embeddings else 2)
+
+    @property
+    def active_params(self) -> float:
+        """Parameters touched per token (sets FLOPs); excludes the embedding lookup."""
+        per_layer = self.layers * self.attention_params
+        if self.is_moe:
+            mlp = self.dense_layers * self.dense_mlp_params
+            mlp += self.moe_layers * (self.top_k + self.shared_experts) * self.expert_params
+        else:
+            mlp = self.layers * self.dense_mlp_params
+        return per_layer + mlp + self.embedding_params  # lm_head
+
+    # --- KV cache -----------------------------------------------------------------------------
+    def kv_elements_per_token_layer(self) -> int:
+        if self.mla:
+            return self.kv_lora_rank + self.qk_rope_dim
+        return 2 * self.kv_heads * self.head_dim
+
+    def kv_bytes_per_token(self, kv_dtype: str, context: int | None = None) -> float:
+        """KV bytes one token adds, over all layers; sliding layers count only while within the window."""
+        per_layer = self.kv_elements_per_token_layer() * BYTES_PER_PARAM_KV[kv_dtype]
+        full = self.layers - self.sliding_layers
+        if self.sliding_layers and context is not None and context > self.sliding_window:
+            share = self.sliding_window / context
+            return per_layer * (full + self.sliding_layers * share)
+        return per_layer * self.layers
+
+    def attention_context(self, ctx: float) -> float:
+        """Mean context each layer attends over (sliding layers see at most the window)."""
+        if not self.sliding_layers:
+            return ctx
+        full = self.layers - self.sliding_layers
+        return (full * ctx + self.sliding_layers * min(ctx, self.sliding_window)) / self.layers
+
+    @property
+    def qk_dim(self) -> int:
+        return self.qk_nope_dim + self.qk_rope_dim if self.mla else self.head_dim
+
+    @property
+    def vo_dim(self) -> int:
+        return self.v_head_dim if self.mla else self.head_dim
+
+
+BYTES_PER_PARAM_KV: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16}
+
+
+def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    return default
+
+
+def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelShape:
+    """Parse a Hugging Face ``config.json`` (dense, GQA, MoE, MLA, sliding-window families)."""
+    if "text_config" in cfg and isinstance(cfg["text_config"], dict):
+        cfg = {**cfg, **cfg["text_config"]}
+    try:
+        hidden = int(cfg["hidden_size"])
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg["num_attention_heads"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PlanningError(f"model config {name!r} lacks hidden_size/num_hidden_layers/num_attention_heads") from exc
+    if hidden <= 0 or layers <= 0 or heads <= 0:
+        raise PlanningError(f"model config {name!r} has a non-positive dimension")
+    kv_heads = int(_get(cfg, "num_key_value_heads", default=heads))
+    head_dim = int(_get(cfg, "head_dim", default=hidden // heads))
+    experts = int(_get(cfg, "num_experts", "num_local_experts", "n_routed_experts", default=0) or 0)
+    top_k = int(_get(cfg, "num_experts_per_tok", "experts_per_token", "moe_topk", default=0) or 0)
+    intermediate = int(_get(cfg, "intermediate_size", default=4 * hidden))
+    moe_intermediate = int(_get(cfg, "moe_intermediate_size", default=intermediate)) if experts else 0
+    mla = cfg.get("kv_lora_rank") is not None
+    layer_types = cfg.get("layer_types") or []
+    sliding_layers = sum(1 for t in layer_types if "sliding" in str(t))
+    window = int(cfg.get("sliding_window") or 0)
+    if not layer_types and cfg.get("use_sliding_window") and window:
+        sliding_layers = layers - int(cfg.get("max_window_layers") or 0)
+    if not window:
+        sliding_layers = 0
+    quant = cfg.get("quantization_config") or {}
+    method = str(quant.get("quant_method", "")).lower()
+    native = "fp4" if "fp4" in method else "fp8" if "fp8" in method else "bf16"
+    return ModelShape(
+        name=name,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads if not mla else heads,
+        head_dim=head_dim,
+        intermediate=intermediate,
+        vocab=int(_get(cfg, "vocab_size", default=32000)),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        experts=experts,
+        top_k=top_k if experts else 0,
+        moe_intermediate=moe_intermediate,
+        shared_experts=int(_get(cfg, "n_shared_experts", "num_shared_experts", default=0) or 0) if experts else 0,
+        dense_layers=int(_get(cfg, "first_k_dense_replace", default=0) or 0) if experts else 0,
+        mla=mla,
+        kv_lora_rank=int(cfg.get("kv_lora_rank") or 0),
+        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
+        qk_rope_dim=int(cfg.get("qk_rope_head_dim") or 0),
+        qk_nope_dim=int(cfg.get("qk_nope_head_dim") or 0),
+        v_head_dim=int(cfg.get("v_head_dim") or 0),
+        sliding_window=window if sliding_layers else 0,
+        sliding_layers=sliding_layers,
+        native_dtype=native,
+        meta={"model_type": cfg.get("model_type", "")},
+    )
+
+
+@cache
+def _preset_configs() -> dict[str, dict[str, Any]]:
+    text = resources.files("disagg.planner").joinpath("data/models.json").read_text(encoding="utf-8")
+    data: dict[str, dict[str, Any]] = json.loads(text)
+    return data
+
+
+PRESET_ALIASES = {
+    "llama-3.1-8b-instruct": "llama-3.1-8b",
+    "meta-llama/llama-3.1-8b-instruct": "llama-3.1-8b",
+    "meta-llama/llama-3.1-8b": "llama-3.1-8b",
+    "nvidia/llama-3.1-8b-instruct-fp8": "llama-3.1-8b",
+    "meta-llama/llama-3.1-70b": "llama-3.1-70b",
+    "meta-llama/llama-3.1-70b-instruct": "llama-3.1-70b",
+    "meta-llama/llama-3.3-70b-instruct": "llama-3.3-70b",
+    "qwen/qwen3-32b": "qwen3-32b",
+    "qwen/qwen3-235b-a22b": "qwen3-235b-a22b",
+    "qwen/qwen3-235b-a22b-fp8": "qwen3-235b-a22b",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
+    "deepseek-ai/deepseek-v3": "deepseek-v3",
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(_preset_configs())
+
+
+def get_model(name: str) -> ModelShape:
+    """A preset by name (case-insensitive; Hugging Face repo ids of the presets work too)."""
+    key = name.strip().lower()
+    key = PRESET_ALIASES.get(key, key)
+    configs = _preset_configs()
+    if key not in configs:
+        raise PlanningError(f"unknown model preset {name!r}; known: {', '.join(preset_names())}")
+    return model_from_config(configs[key], name=key)
+
+
+def load_model_config(path: str | Path) -> ModelShape:
+    """A model shape from a Hugging Face ``config.json`` on disk."""
+    p = Path(path)
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanningError(f"cannot read model config {p}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise PlanningError(f"model config {p} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(cfg, dict):
+        raise PlanningError(f"model config {p} is not a JSON object")
+    return model_from_config(cfg, name=p.stem)
+
+
+def normalise_dtype(value: str | None, default: str = "bf16") -> str:
+    """bf16/fp16/fp8/fp4 (and nvfp4, mxfp4, fp8_block, e4m3 spellings) to the catalog dtypes."""
+    if value is None or value in ("", "auto"):
+        return default
+    v = value.strip().lower()
+    if "fp4" in v or v in ("int4", "w4a16"):
+        return "fp4"
+    if "fp8" in v or "e4m3" in v or v in ("int8", "w8a8"):
+        return "fp8"
+    if v in ("bf16", "fp16", "float16", "bfloat16", "half"):
+        return "bf16"
+    raise PlanningError(f"unknown precision {value!r}; use bf16, fp8 or fp4")
+
+
+def tp_candidates(gpu: GPU) -> list[int]:
+    """Tensor-parallel sizes that stay inside one scale-up domain."""
+    return [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= gpu.scaleup_domain]
+
+
+def ceil_div(a: float, b: float) -> int:
+    return max(1, math.ceil(a / b - 1e-9))

@@ -1,0 +1,132 @@
+"""Replaying measured serving runs (aiconfigurator's silicon CSV format) through the estimator.
+
+Only ``mode=agg`` rows (one engine, C closed-loop clients) are replayed; rows the estimator cannot
+express (attention data parallelism, tensor parallelism beyond one scale-up domain, unknown models
+or GPUs, missing concurrency) are reported as unsupported rather than forced.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from disagg.planner.catalog import PlanningError, get_backend, get_gpu, get_model, normalise_dtype
+from disagg.planner.costmodel import Engine
+from disagg.planner.estimate import estimate_closed_loop
+
+BENCHMARK_WAVES = 8
+"""Requests per client in the measurement harness (clients start together; see estimate.py)."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    key: tuple[str, str, str]
+    """(model preset, GPU, backend)."""
+    row_id: str
+    measured_ttft_ms: float
+    measured_tpot_ms: float
+    predicted_ttft_ms: float
+    predicted_tpot_ms: float
+
+    @property
+    def ttft_error(self) -> float:
+        return abs(self.predicted_ttft_ms - self.measured_ttft_ms) / self.measured_ttft_ms
+
+    @property
+    def tpot_error(self) -> float:
+        return abs(self.predicted_tpot_ms - self.measured_tpot_ms) / self.measured_tpot_ms
+
+
+def default_kv_dtype(weights: str) -> str:
+    """``kvCacheDtype: auto``: fp8 KV with fp8 weights, bf16 otherwise (what the engines do by default)."""
+    return "fp8" if weights == "fp8" else "bf16"
+
+
+def _int(value: str, default: int = 0) -> int:
+    try:
+        return int(float(value))
+    except ValueError:
+        return default
+
+
+def engine_for_row(row: dict[str, str]) -> tuple[Engine, int, int, int]:
+    """(engine, concurrency, isl, osl) for one CSV row; PlanningError when unsupported."""
+    if row.get("mode") != "agg":
+        raise PlanningError("only aggregated (single-engine) rows are replayed")
+    concurrency = _int(row.get("batch_size", ""))
+    if concurrency < 1:
+        raise PlanningError("row has no concurrency")
+    if _int(row.get("attention_dp_size", "") or "1", 1) > 1:
+        raise PlanningError("attention data parallelism is not modelled")
+    model = get_model(row["model_path"])
+    gpu = get_gpu(row["system"])
+    backend = get_backend(row["backend"])
+    quant = row.get("moe_quant_mode") if model.is_moe and row.get("moe_quant_mode") else row.get("gemm_quant_mode")
+    weights = normalise_dtype(quant or row.get("precision") or "bf16")
+    tp = _int(row.get("tp_size", "1"), 1)
+    pp = _int(row.get("pp_size", "1"), 1) or 1
+    ep = max(1, _int(row.get("moe_ep_size", "1"), 1)) if model.is_moe else 1
+    if tp > gpu.scaleup_domain:
+        raise PlanningError("tensor parallelism across nodes is not modelled")
+    engine = Engine(model, gpu, backend, tp=tp, pp=pp, ep=ep, weights=weights, kv_dtype=default_kv_dtype(weights))
+    return engine, concurrency, _int(row["isl"]), _int(row["osl"])
+
+
+def compare_rows(rows: Iterable[dict[str, str]]) -> tuple[list[Comparison], int]:
+    """Predictions for every supported row, and the number of rows skipped."""
+    out: list[Comparison] = []
+    skipped = 0
+    for row in rows:
+        try:
+            engine, c, isl, osl = engine_for_row(row)
+            est = estimate_closed_loop(engine, c, isl, osl, waves=BENCHMARK_WAVES)
+            measured_ttft, measured_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
+        except (PlanningError, ValueError, KeyError):
+            skipped += 1
+            continue
+        if measured_ttft <= 0 or measured_tpot <= 0:
+            skipped += 1
+            continue
+        key = (engine.model.name, engine.gpu.name, engine.backend.name)
+        out.append(Comparison(key, row.get("id", ""), measured_ttft, measured_tpot, est.ttft_ms, est.tpot_ms))
+    return out, skipped
+
+
+def read_rows(path: str | Path) -> Iterator[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        yield from csv.DictReader(handle)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    rows: int
+    ttft_median: float
+    tpot_median: float
+    ttft_within_20: float
+    tpot_within_20: float
+
+
+def accuracy(comparisons: list[Comparison]) -> Accuracy:
+    if not comparisons:
+        return Accuracy(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    ttft = [c.ttft_error for c in comparisons]
+    tpot = [c.tpot_error for c in comparisons]
+    n = len(comparisons)
+    return Accuracy(
+        rows=n,
+        ttft_median=statistics.median(ttft),
+        tpot_median=statistics.median(tpot),
+        ttft_within_20=sum(e <= 0.2 for e in ttft) / n,
+        tpot_within_20=sum(e <= 0.2 for e in tpot) / n,
+    )
+
+
+def accuracy_by_group(comparisons: list[Comparison]) -> dict[tuple[str, str, str], Accuracy]:
+    groups: dict[tuple[str, str, str], list[Comparison]] = defaultdict(list)
+    for c in comparisons:
+        groups[c.key].append(c)
+    return {k: accuracy(v) for k, v in sorted(groups.items())}
