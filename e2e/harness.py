@@ -98,8 +98,9 @@ class Kubectl:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
 
-    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        result = self.run("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    def get(self, kind: str, name: str, namespace: str, managed_fields: bool = False) -> dict[str, Any] | None:
+        extra = ["--show-managed-fields"] if managed_fields else []
+        result = self.run("get", kind, name, "-n", namespace, "-o", "json", *extra, check=False)
         if result.returncode != 0:
             if "NotFound" in result.stderr or "not found" in result.stderr:
                 return None

@@ -267,7 +267,7 @@ def test_hand_edit_is_reverted_and_scale_is_left_alone(
 
     live = wait_for("the hand edit to be reverted", reverted, timeout=60)
     time.sleep(4)  # a resync period or more
-    live = kubectl.get("deployment", "llama-70b-prefill", namespace)
+    live = kubectl.get("deployment", "llama-70b-prefill", namespace, managed_fields=True)
     assert live is not None
     assert live["spec"]["replicas"] == 3
     managers = {m["manager"] for m in live["metadata"]["managedFields"] if "f:replicas" in str(m.get("fieldsV1", {}))}

@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-n", "--namespace", default="default", help="namespace when the CR names none")
     render.set_defaults(func=cmd_render)
 
+    from disagg.planner.cli import add_subcommands
+
+    add_subcommands(sub)
+
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
     crd.set_defaults(func=cmd_crd)
@@ -132,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except CliError as exc:
+    except (CliError, ValueError) as exc:  # the planner raises ValueError subclasses with one-line messages
         print(f"disagg: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

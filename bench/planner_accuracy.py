@@ -1,0 +1,78 @@
+"""Accuracy of the analytical planner against measured serving runs, and how long a plan takes.
+
+    python bench/planner_accuracy.py [--csv PATH] [--worst N]
+
+Prints the median absolute percentage error of TTFT and TPOT over every measured-dev.csv row the
+estimator supports (``mode=agg``: one engine, C closed-loop clients), overall and per
+(model, GPU, backend), the share of rows within 20%, and the latency of ``disagg plan`` for the
+acceptance case (70B on H100, 4K prompts, 300 output tokens, 20 req/s, TTFT 1 s, ITL 50 ms).
+Nothing is fitted here: the estimator's constants live in disagg/planner/catalog.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "operator"))
+
+from disagg.planner.measured import accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
+from disagg.planner.search import Workload, plan  # noqa: E402
+
+DEFAULT_CSV = ROOT.parent / "shared" / "data" / "serving-measurements" / "measured-dev.csv"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", default=str(DEFAULT_CSV), help="measured runs (aiconfigurator silicon format)")
+    parser.add_argument("--worst", type=int, default=0, help="also list the N worst rows by TPOT error")
+    args = parser.parse_args(argv)
+    path = Path(args.csv)
+    if not path.exists():
+        print(f"planner_accuracy: {path} not found (pass --csv)", file=sys.stderr)
+        return 1
+
+    comparisons, skipped = compare_rows(read_rows(path))
+    overall = accuracy(comparisons)
+    print(
+        f"rows replayed: {overall.rows} (skipped {skipped}: disagg rows, attention-DP, multi-node TP, no concurrency)"
+    )
+    print(
+        f"overall  TTFT median |err| {overall.ttft_median:6.1%}  within 20%: {overall.ttft_within_20:5.1%}   "
+        f"TPOT median |err| {overall.tpot_median:6.1%}  within 20%: {overall.tpot_within_20:5.1%}"
+    )
+    print()
+    print(f"{'model':<18}{'gpu':<10}{'backend':<8}{'rows':>5}{'TTFT med':>10}{'<=20%':>7}{'TPOT med':>10}{'<=20%':>7}")
+    for (model, gpu, backend), acc in accuracy_by_group(comparisons).items():
+        print(
+            f"{model:<18}{gpu:<10}{backend:<8}{acc.rows:>5}{acc.ttft_median:>10.1%}{acc.ttft_within_20:>7.0%}"
+            f"{acc.tpot_median:>10.1%}{acc.tpot_within_20:>7.0%}"
+        )
+    if args.worst:
+        print()
+        for c in sorted(comparisons, key=lambda c: -c.tpot_error)[: args.worst]:
+            print(
+                f"{c.row_id[:70]:<72} ttft {c.measured_ttft_ms:8.1f}/{c.predicted_ttft_ms:8.1f}  "
+                f"tpot {c.measured_tpot_ms:7.2f}/{c.predicted_tpot_ms:7.2f}"
+            )
+
+    workload = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)
+    plan("llama-3.1-70b", "h100-sxm", workload)  # warm caches (preset JSON) before timing
+    runs = 20
+    start = time.perf_counter()
+    for _ in range(runs):
+        result = plan("llama-3.1-70b", "h100-sxm", workload)
+    elapsed_ms = (time.perf_counter() - start) / runs * 1e3
+    print()
+    print(
+        f"plan latency (llama-3.1-70b, h100-sxm, 4096/300 tokens, 20 req/s, TTFT 1 s, ITL 50 ms): "
+        f"{elapsed_ms:.1f} ms (mean of {runs}) -> {result.chosen.summary()}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

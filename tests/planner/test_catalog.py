@@ -1,0 +1,144 @@
+"""Catalogs: GPU names, model presets and the Hugging Face config loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from disagg.planner.catalog import (
+    GPUS,
+    PlanningError,
+    get_backend,
+    get_gpu,
+    get_model,
+    load_model_config,
+    model_from_config,
+    normalise_dtype,
+    preset_names,
+)
+
+CONFIGS = Path(__file__).resolve().parents[3] / "shared" / "data" / "model-configs"
+
+
+@pytest.mark.parametrize("name", ["h100-sxm", "h100_sxm", "H100_SXM", "H100-Sxm", "h100"])
+def test_gpu_names_accept_both_forms(name: str) -> None:
+    assert get_gpu(name).name == "h100-sxm"
+
+
+def test_catalog_has_current_fleet() -> None:
+    for name in ("a100-80g", "h100-sxm", "h200-sxm", "b200", "gb200", "b300", "gb300", "l40s"):
+        gpu = get_gpu(name)
+        assert gpu.hbm_gb > 0
+        assert gpu.hbm_tbps > 0
+        assert gpu.scaleup_gbps > 0
+        assert gpu.scaleout_gbps > 0
+        assert gpu.tflops["bf16"] > 0
+    assert get_gpu("b200").tflops["fp4"] == 9000
+    assert "fp8" not in get_gpu("a100-80g").tflops
+    assert get_gpu("gb200").scaleup_domain == 72
+
+
+def test_efficiencies_are_physical() -> None:
+    for gpu in GPUS.values():
+        assert 0.55 <= gpu.eff.gemm_eta <= 0.75
+        assert 0.75 <= gpu.eff.hbm_eta <= 0.85
+
+
+def test_unknown_gpu_is_one_line_error() -> None:
+    with pytest.raises(PlanningError, match="unknown GPU 'x100'") as info:
+        get_gpu("x100")
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_weight_only_precision_falls_back_to_wider_math() -> None:
+    assert get_gpu("h100-sxm").compute_dtype("fp4") == "fp8"
+    assert get_gpu("a100-80g").compute_dtype("fp8") == "bf16"
+    assert get_gpu("b200").compute_dtype("fp4") == "fp4"
+
+
+def test_presets() -> None:
+    names = preset_names()
+    for name in (
+        "llama-3.1-8b",
+        "llama-3.1-70b",
+        "llama-3.3-70b",
+        "qwen3-32b",
+        "qwen3-235b-a22b",
+        "gpt-oss-120b",
+        "deepseek-v3",
+    ):
+        assert name in names
+    assert get_model("meta-llama/Llama-3.1-8B-Instruct").name == "llama-3.1-8b"
+    with pytest.raises(PlanningError, match="unknown model preset"):
+        get_model("gpt-17")
+
+
+@pytest.mark.parametrize(
+    ("preset", "kv_bytes", "total_b", "active_b"),
+    [
+        ("llama-3.1-8b", 128 * 1024, 8.0, 7.5),
+        ("llama-3.1-70b", 320 * 1024, 70.6, 69.5),
+        ("qwen3-32b", 256 * 1024, 32.8, 32.0),
+        ("qwen3-235b-a22b", 188 * 1024, 235.0, 21.5),
+        ("deepseek-v3", 70_272, 671.0, 36.5),
+    ],
+)
+def test_model_shapes(preset: str, kv_bytes: int, total_b: float, active_b: float) -> None:
+    m = get_model(preset)
+    assert m.kv_bytes_per_token("bf16") == kv_bytes
+    assert m.total_params / 1e9 == pytest.approx(total_b, rel=0.02)
+    assert m.active_params / 1e9 == pytest.approx(active_b, rel=0.03)
+
+
+def test_gpt_oss_sliding_window_and_moe() -> None:
+    m = get_model("gpt-oss-120b")
+    assert m.is_moe
+    assert m.experts == 128
+    assert m.top_k == 4
+    assert m.sliding_layers == 18
+    assert m.sliding_window == 128
+    assert m.native_dtype == "fp4"
+    # Beyond the window, sliding layers stop growing: per-token KV falls with context.
+    assert m.kv_bytes_per_token("bf16", 8192) < m.kv_bytes_per_token("bf16", 128)
+    assert m.attention_context(8192) == pytest.approx((18 * 8192 + 18 * 128) / 36)
+
+
+def test_mla_latent_kv() -> None:
+    m = get_model("deepseek-v3")
+    assert m.mla
+    assert m.kv_lora_rank == 512
+    assert m.qk_rope_dim == 64
+    assert m.kv_bytes_per_token("bf16") == (512 + 64) * 61 * 2
+    assert m.dense_layers == 3
+    assert m.shared_experts == 1
+
+
+@pytest.mark.skipif(not CONFIGS.is_dir(), reason="shared model configs not present")
+def test_loader_handles_every_shipped_config() -> None:
+    files = sorted(CONFIGS.glob("*.json"))
+    assert len(files) == 6
+    for path in files:
+        m = load_model_config(path)
+        assert m.layers > 0
+        assert m.total_params > m.active_params * 0.99
+
+
+def test_loader_errors() -> None:
+    with pytest.raises(PlanningError, match="lacks hidden_size"):
+        model_from_config({"num_hidden_layers": 2})
+    with pytest.raises(PlanningError, match="cannot read"):
+        load_model_config("/nonexistent/config.json")
+
+
+def test_dtype_and_backend_names() -> None:
+    assert normalise_dtype("nvfp4") == "fp4"
+    assert normalise_dtype("fp8_block") == "fp8"
+    assert normalise_dtype("fp16") == "bf16"
+    assert normalise_dtype(None, default="fp8") == "fp8"
+    with pytest.raises(PlanningError):
+        normalise_dtype("int3")
+    assert get_backend("TensorRT-LLM").name == "trtllm"
+    with pytest.raises(PlanningError, match="unknown backend"):
+        get_backend("tgi")

@@ -1,0 +1,160 @@
+"""The estimate / plan / simulate subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from disagg.planner.cli import add_subcommands
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    parser = argparse.ArgumentParser(prog="disagg")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    return capsys.readouterr().out
+
+
+def test_estimate_json(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(
+        [
+            "estimate",
+            "--model",
+            "llama-3.1-70b",
+            "--gpu",
+            "h100_sxm",
+            "--tp",
+            "4",
+            "--weights",
+            "fp8",
+            "--concurrency",
+            "16",
+            "--isl",
+            "1024",
+            "--osl",
+            "1024",
+            "--json",
+        ],
+        capsys,
+    )
+    data = json.loads(out)
+    assert data["ttft_ms"] > 0
+    assert 5 < data["tpot_ms"] < 30
+
+
+def test_estimate_with_model_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "hidden_size": 4096,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 8,
+                "intermediate_size": 14336,
+                "vocab_size": 128256,
+            }
+        )
+    )
+    out = run(
+        [
+            "estimate",
+            "--model-config",
+            str(config),
+            "--gpu",
+            "l40s",
+            "--backend",
+            "sglang",
+            "--pp",
+            "2",
+            "--concurrency",
+            "8",
+            "--isl",
+            "512",
+            "--osl",
+            "128",
+            "--kv-cache",
+            "fp8",
+        ],
+        capsys,
+    )
+    assert "TPOT" in out
+    assert "TTFT" in out
+
+
+def test_plan_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    common = [
+        "plan",
+        "--model",
+        "llama-3.1-70b",
+        "--gpu",
+        "h100-sxm",
+        "--isl",
+        "4096",
+        "--osl",
+        "300",
+        "--rate",
+        "20",
+        "--ttft",
+        "1s",
+        "--itl",
+        "50ms",
+        "--percentile",
+        "90",
+    ]
+    text = run(common, capsys)
+    assert "chosen:" in text
+    assert "runner-up:" in text
+    assert "because" in text
+    data = json.loads(run([*common, "--json"], capsys))
+    assert data["chosen"]["meets_slo"] is True
+    assert data["mode"] in ("aggregated", "disaggregated")
+
+
+def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
+    data = json.loads(
+        run(
+            [
+                "simulate",
+                "--model",
+                "llama-3.1-8b",
+                "--isl",
+                "2048",
+                "--osl",
+                "128",
+                "--rate",
+                "10",
+                "--ttft",
+                "500ms",
+                "--itl",
+                "30ms",
+                "--requests",
+                "600",
+                "--json",
+            ],
+            capsys,
+        )
+    )
+    assert data["ttft_ms"] > 0
+    assert abs(data["itl_agreement"]) < 0.25
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["plan", "--model", "llama-3.1-70b", "--gpu", "x100"], "unknown GPU"),
+        (["plan", "--model", "llama-3.1-70b", "--rate", "0"], "rate must be > 0"),
+        (["estimate", "--model", "qwen3-235b-a22b", "--tp", "1"], "does not fit"),
+        (["estimate"], "--model"),
+    ],
+)
+def test_errors_are_value_errors(argv: list[str], message: str) -> None:
+    parser = argparse.ArgumentParser(prog="disagg")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    with pytest.raises(ValueError, match=message):
+        args.func(args)

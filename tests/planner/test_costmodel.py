@@ -1,0 +1,83 @@
+"""The roofline cost model of one engine replica."""
+
+from __future__ import annotations
+
+import pytest
+
+from disagg.planner.catalog import PlanningError, get_backend, get_gpu, get_model
+from disagg.planner.costmodel import Engine
+
+VLLM = get_backend("vllm")
+
+
+def engine(model: str = "llama-3.1-70b", gpu: str = "h100-sxm", **kw: object) -> Engine:
+    return Engine(get_model(model), get_gpu(gpu), VLLM, **kw)  # type: ignore[arg-type]
+
+
+def test_reference_decode_figures_within_15_percent() -> None:
+    # planner.md: Llama-3.1-70B FP8 on H100, vLLM, concurrency 4: 17.4 / 11.8 / 9.1 ms at TP 2 / 4 / 8.
+    for tp, measured in ((2, 17.4), (4, 11.8), (8, 9.1)):
+        step = engine(tp=tp, weights="fp8", kv_dtype="fp8").decode_step_time(4, 1536) * 1e3
+        assert step == pytest.approx(measured, rel=0.15)
+
+
+def test_decode_is_more_than_the_weight_read() -> None:
+    e = engine(tp=8, weights="fp8", kv_dtype="fp8")
+    weight_read = e.weight_bytes_per_gpu / (e.gpu.hbm_tbps * 1e12)
+    assert e.decode_step_time(1, 1024) > 1.8 * weight_read  # all-reduce + fixed per-step overhead
+
+
+def test_step_time_grows_with_batch_and_context() -> None:
+    e = engine(tp=4)
+    assert e.decode_step_time(64, 2048) > e.decode_step_time(8, 2048) > e.decode_step_time(1, 2048)
+    assert e.decode_step_time(32, 8192) > e.decode_step_time(32, 1024)
+
+
+def test_quantisation_halves_weight_bytes() -> None:
+    bf16 = engine(tp=4, weights="bf16").weight_bytes_per_gpu
+    fp8 = engine(tp=4, weights="fp8").weight_bytes_per_gpu
+    assert fp8 / bf16 == pytest.approx(0.5, abs=0.03)
+    assert engine(tp=4, kv_dtype="fp8").kv_capacity_tokens() > engine(tp=4, kv_dtype="bf16").kv_capacity_tokens()
+
+
+def test_prefill_is_compute_bound_and_scales_with_tp() -> None:
+    t2 = engine(tp=2, weights="fp8").prefill_time(8192)
+    t8 = engine(tp=8, weights="fp8").prefill_time(8192)
+    assert 2.0 < t2 / t8 < 4.0  # all-reduce keeps the speed-up below linear
+    # Attention is quadratic: doubling the prompt more than doubles the time.
+    e = engine(tp=8, weights="fp8")
+    assert e.prefill_time(32768) > 2.0 * e.prefill_time(16384)
+
+
+def test_moe_reads_only_touched_experts() -> None:
+    e = engine("qwen3-235b-a22b", tp=8, weights="fp8", kv_dtype="fp8")
+    m = e.model
+    assert e._expert_reads(1) == pytest.approx(m.top_k)
+    assert e._expert_reads(4) <= min(m.experts, 4 * m.top_k)
+    assert e._expert_reads(10_000) == pytest.approx(m.experts)
+    assert e.decode_step_time(1, 1024) < e.decode_step_time(256, 1024)
+
+
+def test_mla_kv_is_replicated_across_tp() -> None:
+    e = engine("deepseek-v3", "h200-sxm", tp=8, weights="fp8")
+    assert e.kv_shards == 1
+    assert engine(tp=8).kv_shards == 8
+    assert engine("qwen3-235b-a22b", tp=8, weights="fp8").kv_shards == 4  # only 4 KV heads
+
+
+def test_pipeline_and_expert_parallel() -> None:
+    pp = engine(tp=2, pp=2, weights="fp8")
+    assert pp.gpus == 4
+    assert pp.weight_bytes_per_gpu == pytest.approx(engine(tp=4, weights="fp8").weight_bytes_per_gpu, rel=0.01)
+    ep = engine("qwen3-235b-a22b", tp=8, ep=8, weights="fp8")
+    assert ep.decode_step_time(16, 2048) > 0
+    with pytest.raises(PlanningError, match="expert parallelism"):
+        engine(tp=2, ep=4)
+
+
+def test_capacity_and_fit() -> None:
+    assert not engine("llama-3.1-405b", "l40s", tp=8).fits(4096)
+    assert engine(tp=4, weights="fp8").fits(4096)
+    assert not engine(tp=1).fits(1)  # 141 GB of bf16 weights on an 80 GB GPU
+    e = engine(tp=8, weights="fp8", kv_dtype="fp8")
+    assert e.max_batch(4096) == e.kv_capacity_tokens(4096) // 4096

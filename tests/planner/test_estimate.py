@@ -1,0 +1,99 @@
+"""Closed-loop estimator and its accuracy on the measured data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from disagg.planner.catalog import PlanningError, get_backend, get_gpu, get_model
+from disagg.planner.costmodel import Engine
+from disagg.planner.estimate import estimate_closed_loop
+from disagg.planner.measured import accuracy, compare_rows, engine_for_row, read_rows
+
+CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "serving-measurements" / "measured-dev.csv"
+
+
+def engine(tp: int = 4, backend: str = "vllm") -> Engine:
+    return Engine(
+        get_model("llama-3.1-70b"), get_gpu("h100-sxm"), get_backend(backend), tp=tp, weights="fp8", kv_dtype="fp8"
+    )
+
+
+def test_fixed_point_obeys_littles_law() -> None:
+    est = estimate_closed_loop(engine(), 32, 2048, 512, waves=0)
+    assert est.requests_per_s == pytest.approx(32 / ((est.ttft_ms + 512 * est.tpot_ms) / 1e3), rel=1e-6)
+    assert est.decode_batch <= 32
+
+
+def test_more_clients_cost_latency_but_add_throughput() -> None:
+    low = estimate_closed_loop(engine(), 4, 2048, 512)
+    high = estimate_closed_loop(engine(), 64, 2048, 512)
+    assert high.ttft_ms > low.ttft_ms
+    assert high.tpot_ms > low.tpot_ms
+    assert high.output_tokens_per_s > 4 * low.output_tokens_per_s
+
+
+def test_waves_add_the_first_wave_burst() -> None:
+    steady = estimate_closed_loop(engine(), 64, 4096, 256, waves=0)
+    bench = estimate_closed_loop(engine(), 64, 4096, 256, waves=8)
+    assert bench.ttft_ms > steady.ttft_ms
+    assert bench.tpot_ms == pytest.approx(steady.tpot_ms)
+
+
+def test_kv_limited_clients_queue() -> None:
+    e = Engine(get_model("qwen3-32b"), get_gpu("h100-sxm"), get_backend("sglang"), tp=1)
+    est = estimate_closed_loop(e, 64, 4096, 1024, waves=0)
+    assert est.kv_limited
+    assert est.decode_batch <= est.kv_capacity_sequences
+
+
+def test_model_that_does_not_fit() -> None:
+    e = Engine(get_model("qwen3-235b-a22b"), get_gpu("h100-sxm"), get_backend("vllm"), tp=1, weights="fp8")
+    with pytest.raises(PlanningError, match="does not fit"):
+        estimate_closed_loop(e, 1, 1024, 128)
+
+
+def test_row_mapping() -> None:
+    row = {
+        "mode": "agg",
+        "batch_size": "16",
+        "attention_dp_size": "",
+        "model_path": "openai/gpt-oss-120b",
+        "system": "h200_sxm",
+        "backend": "trtllm",
+        "gemm_quant_mode": "nvfp4",
+        "moe_quant_mode": "nvfp4",
+        "precision": "fp4",
+        "tp_size": "4",
+        "pp_size": "1",
+        "moe_ep_size": "2",
+        "isl": "1024",
+        "osl": "1024",
+    }
+    e, c, isl, osl = engine_for_row(row)
+    assert (e.model.name, e.gpu.name, e.weights, e.kv_dtype, e.tp, e.ep, c, isl, osl) == (
+        "gpt-oss-120b",
+        "h200-sxm",
+        "fp4",
+        "bf16",
+        4,
+        2,
+        16,
+        1024,
+        1024,
+    )
+    with pytest.raises(PlanningError):
+        engine_for_row({**row, "mode": "disagg"})
+
+
+@pytest.mark.skipif(not CSV.exists(), reason="measured-dev.csv not present")
+def test_accuracy_on_measured_rows() -> None:
+    comparisons, skipped = compare_rows(read_rows(CSV))
+    acc = accuracy(comparisons)
+    assert acc.rows > 1100
+    assert skipped < 60
+    # Regression guards a little above the figures published in docs/planner.md.
+    assert acc.tpot_median < 0.19
+    assert acc.ttft_median < 0.30
+    assert acc.tpot_within_20 > 0.5
