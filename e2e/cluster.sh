@@ -54,21 +54,40 @@ ensure_tools() {
 
 kubectl_() { "${BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" "$@"; }
 
-# Pids kwokctl recorded for this cluster (one file per component).
+# Pids kwokctl recorded for this cluster (one file per component, no trailing newline).
 cluster_pids() {
-  local f
+  local f p
   for f in "${CLUSTER_DIR}"/pids/*.pid; do
-    [[ -f "$f" ]] && tr -dc '0-9\n' <"$f" | head -n1
+    [[ -f "$f" ]] || continue
+    p=""
+    read -r p <"$f" || true
+    p="${p//[^0-9]/}"
+    [[ -n "$p" ]] && echo "$p"
   done
   return 0
+}
+
+# pid_alive PID: running and not a zombie (kwokctl detaches its processes; their new parent
+# may reap them a little later).
+pid_alive() {
+  [[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
 alive_pids() {
   local p
   for p in $(cluster_pids); do
-    [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && echo "$p"
+    pid_alive "$p" && echo "$p"
   done
   return 0
+}
+
+# component_dead NAME: true if kwokctl recorded a pid for NAME and that process is gone
+component_dead() {
+  local f="${CLUSTER_DIR}/pids/$1.pid" p=""
+  [[ -f "$f" ]] || return 1
+  read -r p <"$f" || true
+  p="${p//[^0-9]/}"
+  [[ -n "$p" ]] && ! pid_alive "$p"
 }
 
 apiserver_ready() {
@@ -95,6 +114,10 @@ options:
   kubeAuthorization: true
   kubeAdmission: true
 componentsPatches:
+- name: etcd
+  extraArgs:
+  - key: unsafe-no-fsync
+    value: "true"
 - name: kube-apiserver
   extraArgs:
   # aggregation layer: kwokctl already sets --proxy-client-{cert,key}-file; add the
@@ -108,6 +131,12 @@ componentsPatches:
     value: X-Remote-Group
   - key: requestheader-extra-headers-prefix
     value: X-Remote-Extra-
+  # the proxy client cert is kwokctl's admin cert (CN kwok-admin), signed by the same CA as
+  # every client cert, so the apiserver insists on an allow-list of proxy CNs
+  - key: requestheader-allowed-names
+    value: kwok-admin
+  - key: service-cluster-ip-range
+    value: 10.96.0.0/16
 - name: kube-controller-manager
   extraArgs:
   - key: horizontal-pod-autoscaler-sync-period
@@ -121,8 +150,17 @@ componentsPatches:
 EOF
 }
 
+# One up/down at a time per cluster name. The fd is closed for kwokctl (see cmd_up), so the
+# control-plane processes it leaves running do not inherit the lock.
+lock_cluster() {
+  mkdir -p "${CACHE}/locks"
+  exec 8>"${CACHE}/locks/cluster-${NAME}.lock"
+  flock -w 600 8 || die "could not lock cluster '${NAME}'"
+}
+
 cmd_up() {
   ensure_tools
+  lock_cluster
   if is_up; then
     log "cluster '${NAME}' is already up"
     print_up_hint
@@ -136,8 +174,6 @@ cmd_up() {
   mkdir -p "${KWOK_WORKDIR}"
   local cfg
   cfg="$(mktemp "${KWOK_WORKDIR}/kwokctl-${NAME}.XXXXXX.yaml")"
-  # shellcheck disable=SC2064
-  trap "rm -f '${cfg}'" RETURN
   write_kwokctl_config "${cfg}"
 
   local args=(
@@ -151,25 +187,61 @@ cmd_up() {
     --kwok-controller-binary "${BIN}/kwok"
     --etcd-binary "${BIN}/etcd"
     --kube-audit-policy "${E2E_DIR}/cluster/audit-policy.yaml"
-    --timeout 3m
-    --wait 2m
   )
   [[ -n "${DISAGG_APISERVER_PORT:-}" ]] && args+=(--kube-apiserver-port "${DISAGG_APISERVER_PORT}")
   log "creating cluster '${NAME}' in ${CLUSTER_DIR}"
-  if ! "${BIN}/kwokctl" create cluster "${args[@]}" >"${KWOK_WORKDIR}/${NAME}-create.log" 2>&1; then
-    tail -n 40 "${KWOK_WORKDIR}/${NAME}-create.log" >&2 || true
-    log "kwokctl create cluster failed; cleaning up"
-    cmd_down || true
-    die "could not create cluster '${NAME}' (log: ${KWOK_WORKDIR}/${NAME}-create.log)"
+  local create_log="${KWOK_WORKDIR}/${NAME}-create.log"
+  # On any failure from here on (die exits): tear down what was started.
+  UP_CFG="${cfg}"
+  trap on_up_exit EXIT
+  # kwokctl waits up to 2 minutes for a dead apiserver before giving up: run it in the
+  # background and fail fast if a control-plane process dies.
+  "${BIN}/kwokctl" create cluster "${args[@]}" >"${create_log}" 2>&1 8>&- &
+  local kpid=$! t0=${SECONDS} c
+  while kill -0 "${kpid}" 2>/dev/null; do
+    for c in etcd kube-apiserver; do
+      if component_dead "$c"; then
+        kill "${kpid}" 2>/dev/null || true
+        wait "${kpid}" 2>/dev/null || true
+        tail -n 5 "${CLUSTER_DIR}/logs/$c.log" >&2 || true
+        die "$c exited during start-up (log: ${CLUSTER_DIR}/logs/$c.log)"
+      fi
+    done
+    if (( SECONDS - t0 > 240 )); then
+      kill "${kpid}" 2>/dev/null || true
+      die "kwokctl create cluster took more than 240s"
+    fi
+    sleep 0.5
+  done
+  if ! wait "${kpid}"; then
+    tail -n 20 "${create_log}" >&2 || true
+    die "kwokctl create cluster failed (log: ${create_log})"
   fi
-  rm -f "${KWOK_WORKDIR}/${NAME}-create.log"
+  rm -f "${create_log}"
   wait_for "apiserver ready" 120 apiserver_ready
 
   if [[ "${DISAGG_CLUSTER_NO_FIXTURES:-0}" != 1 ]]; then
     install_fixtures
   fi
+  trap - EXIT
+  rm -f "${cfg}"
   log "cluster '${NAME}' up in $((SECONDS - start))s"
   print_up_hint
+}
+
+on_up_exit() {
+  local rc=$?
+  rm -f "${UP_CFG:-}"
+  if [[ ${rc} -ne 0 ]]; then
+    # keep the component logs for diagnosis (last 5 failures), then remove everything else
+    local keep="${CACHE}/failed-logs/${NAME}-$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "${keep}"
+    cp -r "${CLUSTER_DIR}/logs/." "${KWOK_WORKDIR}/${NAME}-create.log" "${keep}/" 2>/dev/null || true
+    ls -1dt "${CACHE}/failed-logs/"* 2>/dev/null | tail -n +6 | xargs -r rm -rf
+    log "up failed; logs kept in ${keep}; cleaning up"
+    cmd_down || true
+  fi
+  exit "${rc}"
 }
 
 install_fixtures() {
@@ -210,19 +282,23 @@ cmd_down() {
   fi
   pids="$(alive_pids | tr '\n' ' ')"
   if [[ -x "${kwokctl}" ]]; then
-    "${kwokctl}" delete cluster --name "${NAME}" --kubeconfig "" >/dev/null 2>&1 \
-      || log "kwokctl delete cluster failed; cleaning up by hand"
+    # (--kubeconfig "" is refused by delete: point it at the cluster's own kubeconfig, which
+    # is deleted anyway, so ~/.kube/config is never touched)
+    "${kwokctl}" delete cluster --name "${NAME}" --kubeconfig "${KUBECONFIG_PATH}" >"${KWOK_WORKDIR}/${NAME}-delete.log" 2>&1 \
+      && rm -f "${KWOK_WORKDIR}/${NAME}-delete.log" \
+      || log "kwokctl delete cluster failed (log: ${KWOK_WORKDIR}/${NAME}-delete.log); cleaning up by hand"
   fi
   # Whatever kwokctl left behind: its recorded processes (only those), then its state dir.
   for p in ${pids}; do kill -TERM "$p" 2>/dev/null || true; done
   for n in $(seq 1 50); do
     local left=0
-    for p in ${pids}; do kill -0 "$p" 2>/dev/null && left=1; done
+    for p in ${pids}; do pid_alive "$p" && left=1; done
     [[ ${left} -eq 0 ]] && break
     sleep 0.2
   done
   for p in ${pids}; do kill -KILL "$p" 2>/dev/null || true; done
   rm -rf "${CLUSTER_DIR}"
+  rm -f "${KWOK_WORKDIR}/${NAME}-create.log" "${KWOK_WORKDIR}/${NAME}-delete.log" "${KWOK_WORKDIR}/kwokctl-${NAME}".*.yaml
   rmdir "${KWOK_WORKDIR}/clusters" "${KWOK_WORKDIR}" 2>/dev/null || true
   log "cluster '${NAME}' deleted"
 }
@@ -251,7 +327,7 @@ cmd_env() {
 
 case "${1:-}" in
   up) cmd_up ;;
-  down) cmd_down ;;
+  down) lock_cluster; cmd_down ;;
   status) cmd_status ;;
   kubeconfig) echo "${KUBECONFIG_PATH}" ;;
   audit-log) echo "${AUDIT_LOG}" ;;
