@@ -162,6 +162,7 @@ def test_spec_change_rolls_children_and_ready_waits_for_new_pods(
 
 def _packed(name: str, prefill: int, decode: int, tp: int = 8, pack: dict[str, Any] | None = None) -> dict[str, Any]:
     body = sample("qwen3-32b-rack-packed.yaml")
+    del body["spec"]["model"]["preset"]  # no model shape: the spec's replicas and TP, exactly
     body["metadata"]["name"] = name
     body["spec"]["prefill"] = {"replicas": {"min": prefill}, "parallelism": {"tensor": tp}}
     body["spec"]["decode"] = {"replicas": {"min": decode}, "parallelism": {"tensor": tp}}
@@ -181,13 +182,14 @@ def _engine_racks(kubectl: Kubectl, namespace: str) -> dict[str, str]:
 def test_pack_domain_rack_lands_in_one_rack_with_room(
     kubectl: Kubectl, operator: OperatorProcess, namespace: str
 ) -> None:
-    body = sample("qwen3-32b-rack-packed.yaml")  # 2 x TP2 prefill + 2 x TP4 decode = 12 GPUs
+    body = sample("qwen3-32b-rack-packed.yaml")  # planned 3 x TP2 prefill + 2 x TP4 decode = 14 GPUs
     kubectl.apply(body, namespace)
     ready = wait_ready(kubectl, namespace, "qwen3-32b")
     placement = ready["status"]["placement"][0]
     racks = set(_engine_racks(kubectl, namespace).values())
     assert racks == {placement["domain"]}
-    assert placement["domain"] != "rack-a", "rack-a has only 8 free GPUs and cannot hold 12"
+    assert placement["gpusNeeded"] == 14
+    assert placement["domain"] != "rack-a", "rack-a has only 8 free GPUs and cannot hold 14"
     assert cond(ready, "TopologySatisfied")["status"] == "True"  # type: ignore[index]
 
 
@@ -255,10 +257,11 @@ def test_hand_edit_is_reverted_and_scale_is_left_alone(
     deployment = kubectl.get("deployment", "llama-70b-prefill", namespace)
     assert deployment is not None
     # the real HPA controller raised the Deployment (rendered without replicas) to the plan's floor
-    assert deployment["spec"]["replicas"] == 2
+    floor = model(kubectl, namespace, "llama-70b")["status"]["plan"]["prefill"]["replicas"]
+    assert deployment["spec"]["replicas"] == floor == 5
     original = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     kubectl.run("set", "image", "deployment/llama-70b-prefill", "vllm=hand/edited:1", "-n", namespace)
-    kubectl.run("scale", "deployment/llama-70b-prefill", "--replicas=3", "-n", namespace)  # as an autoscaler does
+    kubectl.run("scale", "deployment/llama-70b-prefill", "--replicas=6", "-n", namespace)  # as an autoscaler does
 
     def reverted() -> dict[str, Any] | None:
         live = kubectl.get("deployment", "llama-70b-prefill", namespace)
@@ -269,7 +272,7 @@ def test_hand_edit_is_reverted_and_scale_is_left_alone(
     time.sleep(4)  # a resync period or more
     live = kubectl.get("deployment", "llama-70b-prefill", namespace, managed_fields=True)
     assert live is not None
-    assert live["spec"]["replicas"] == 3
+    assert live["spec"]["replicas"] == 6
     managers = {m["manager"] for m in live["metadata"]["managedFields"] if "f:replicas" in str(m.get("fieldsV1", {}))}
     assert "disagg-operator" not in managers
 

@@ -62,10 +62,14 @@ def test_ready_only_once_deployments_roll_out(cluster: MemoryCluster) -> None:
     status = cluster.models[("default", "llama-70b")]["status"]
     assert status["observedGeneration"] == 1
     assert status["mode"] == "disaggregated"
-    assert status["ratio"] == "2P:1D"
-    assert status["readyReplicas"] == "3/3"
-    assert {r["name"]: r["ready"] for r in status["roles"]} == {"prefill": 2, "decode": 1, "router": 1}
-    assert conds["Planned"]["reason"] == "PlaceholderPlan"
+    assert status["ratio"] == "5P:1D"
+    assert status["readyReplicas"] == "6/6"
+    assert {r["name"]: r["ready"] for r in status["roles"]} == {"prefill": 5, "decode": 1, "router": 1}
+    assert conds["Planned"]["status"] == "True"
+    assert conds["Planned"]["reason"] == "SLOsMet"
+    assert status["plan"]["source"] == "planner"
+    assert status["plan"]["predictedTtftMs"] < 1000
+    assert status["plan"]["predictedItlMs"] < 50
 
 
 def test_spec_change_is_not_ready_until_the_new_generation_rolls_out(cluster: MemoryCluster) -> None:
@@ -188,7 +192,7 @@ def test_rack_choice_is_recorded_and_stable() -> None:
     run(cluster, "qwen3-32b")
     status = cluster.models[("default", "qwen3-32b")]["status"]
     assert status["placement"][0]["domain"] == "rack-b"
-    assert status["placement"][0]["gpusNeeded"] == 12
+    assert status["placement"][0]["gpusNeeded"] == 14  # planned 3 x TP2 prefill + 2 x TP4 decode
     assert conditions(cluster, "qwen3-32b")["TopologySatisfied"]["status"] == "True"
     cluster.pods += [_busy_pod("a3")]  # rack-a fills up further; rack-b is still ours
     cluster.writes.clear()
@@ -202,5 +206,30 @@ def test_no_rack_with_room_sets_topology_unsatisfied() -> None:
     cond = conditions(cluster, "qwen3-32b")["TopologySatisfied"]
     assert cond["status"] == "False"
     assert cond["reason"] == "NoDomainWithRoom"
-    assert "12 GPUs" in cond["message"]
+    assert "14 GPUs" in cond["message"]
     assert "rack-a 8 free" in cond["message"]
+
+
+def test_model_without_shape_uses_the_spec_and_says_so(cluster: MemoryCluster) -> None:
+    body = load(LLAMA)
+    del body["spec"]["model"]["preset"]
+    cluster.add_model(body)
+    run(cluster, "llama-70b")
+    conds = conditions(cluster, "llama-70b")
+    assert conds["Planned"]["status"] == "False"
+    assert conds["Planned"]["reason"] == "NoModelShape"
+    assert cluster.models[("default", "llama-70b")]["status"]["ratio"] == "2P:1D"
+
+
+def test_planning_failure_is_reported_and_renders_nothing(cluster: MemoryCluster) -> None:
+    body = load(LLAMA)
+    body["spec"]["accelerator"]["type"] = "tpu-v9"
+    cluster.add_model(body)
+    outcome = run(cluster, "llama-70b")
+    assert not outcome.applied
+    assert cluster.writes == ["status llama-70b"]
+    conds = conditions(cluster, "llama-70b")
+    assert conds["Planned"]["status"] == "False"
+    assert conds["Planned"]["reason"] == "PlanningFailed"
+    assert "tpu-v9" in conds["Planned"]["message"]
+    assert conds["Degraded"]["status"] == "True"

@@ -13,7 +13,7 @@ import yaml
 
 from disagg.api.spec import DisaggregatedModelSpec
 from disagg.placement import place
-from disagg.planner.plan import placeholder_plan
+from disagg.planner.resolve import resolve_plan
 from disagg.reconcile import pod_gpus
 from disagg.render import ModelRef, render, to_yaml
 from disagg.settings import OperatorSettings
@@ -26,7 +26,8 @@ SETTINGS = OperatorSettings()
 
 def render_body(body: dict[str, Any], settings: OperatorSettings = SETTINGS) -> list[dict[str, Any]]:
     spec = DisaggregatedModelSpec.model_validate(body["spec"])
-    plan = placeholder_plan(spec)
+    plan = resolve_plan(spec).plan
+    assert plan is not None
     model = ModelRef(name=body["metadata"]["name"], namespace="default", uid="0000-uid")
     placement = place(spec.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=settings, previous={})
     return render(model, spec, plan, settings, placement)
@@ -70,13 +71,13 @@ def test_autoscaled_deployments_carry_no_replicas() -> None:
     for name, hpa in hpas.items():
         assert hpa["spec"]["scaleTargetRef"]["name"] == name
         assert "replicas" not in deployments[name]["spec"]
-    assert hpas["llama-70b-prefill"]["spec"]["minReplicas"] == 2
+    assert hpas["llama-70b-prefill"]["spec"]["minReplicas"] == 5  # the planner's floor, within [2, 6]
     assert hpas["llama-70b-prefill"]["spec"]["maxReplicas"] == 6
 
 
 def test_fixed_roles_carry_replicas_and_no_autoscaler() -> None:
     body = load(ROOT / "manifests/samples/llama-3.3-70b-disaggregated.yaml")
-    body["spec"]["decode"]["replicas"] = {"min": 2}
+    body["spec"]["decode"]["replicas"] = {"min": 2, "max": 2}
     objects = render_body(body)
     assert by_kind(objects, "Deployment")["llama-70b-decode"]["spec"]["replicas"] == 2
     assert "llama-70b-decode" not in by_kind(objects, "HorizontalPodAutoscaler")
@@ -213,7 +214,7 @@ def test_autoscaling_none_fixes_replicas() -> None:
     body["spec"]["autoscaling"] = {"engine": "none"}
     objects = render_body(body)
     assert not by_kind(objects, "HorizontalPodAutoscaler")
-    assert by_kind(objects, "Deployment")["llama-70b-prefill"]["spec"]["replicas"] == 2
+    assert by_kind(objects, "Deployment")["llama-70b-prefill"]["spec"]["replicas"] == 5
 
 
 def test_args_and_env_are_data_not_shell() -> None:

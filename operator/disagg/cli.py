@@ -35,7 +35,7 @@ def _load_models(path: str) -> list[dict[str, Any]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from disagg.placement import place
-    from disagg.planner.plan import placeholder_plan
+    from disagg.planner.resolve import resolve_plan
     from disagg.reconcile import parse_spec, pod_gpus
     from disagg.render import ModelRef, render, to_yaml
     from disagg.settings import load_settings
@@ -52,7 +52,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"{name}: {exc}") from exc
         model = ModelRef(name=name, namespace=meta.get("namespace") or args.namespace)
-        plan = placeholder_plan(spec)
+        resolution = resolve_plan(spec)
+        if resolution.plan is None:
+            raise CliError(f"{name}: cannot plan: {resolution.message}")
+        plan = resolution.plan
         placement = place(spec.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=settings, previous={})
         out += render(model, spec, plan, settings, placement)
     sys.stdout.write(to_yaml(out))

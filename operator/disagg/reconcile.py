@@ -20,7 +20,8 @@ from disagg.api.status import ConditionType, DisaggregatedModelStatus, condition
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, identity, owned_by
 from disagg.placement import Placement, node_inventory, place
-from disagg.planner.plan import Plan, placeholder_plan
+from disagg.planner.plan import Plan
+from disagg.planner.resolve import resolve_plan
 from disagg.render import (
     ROLE_AGGREGATED,
     ROLE_DECODE,
@@ -168,7 +169,21 @@ def reconcile(
         write_status(failed_status(previous, generation=generation, reason="InvalidSpec", message=str(exc), now=now()))
         return outcome
 
-    plan = placeholder_plan(spec)
+    resolution = resolve_plan(spec)
+    if resolution.plan is None:
+        outcome.error = resolution.message
+        write_status(
+            failed_status(
+                previous,
+                generation=generation,
+                reason=resolution.reason,
+                message=resolution.message,
+                now=now(),
+                planned=resolution,
+            )
+        )
+        return outcome
+    plan = resolution.plan
     placement = _placement(spec, plan, previous, cluster, settings, model)
     decisions = placement.decisions if placement is not None else []
     desired = [stamp(obj, settings.prefix) for obj in render(model, spec, plan, settings, placement)]
@@ -207,7 +222,9 @@ def reconcile(
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
     roles = _role_observations(model, plan, deployments)
-    status = healthy_status(previous, generation=generation, plan=plan, roles=roles, placements=decisions, now=now())
+    status = healthy_status(
+        previous, generation=generation, plan=plan, planned=resolution, roles=roles, placements=decisions, now=now()
+    )
     ready = condition(status.conditions, ConditionType.READY.value)
     outcome.ready = ready is not None and ready.status == "True"
     write_status(status)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from disagg.api.status import (
     Condition,
@@ -24,6 +24,17 @@ from disagg.api.status import (
 )
 from disagg.placement import PlacementDecision
 from disagg.planner.plan import Plan
+
+
+class PlannedVerdict(Protocol):
+    @property
+    def planned(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ def healthy_status(
     *,
     generation: int,
     plan: Plan,
+    planned: PlannedVerdict,
     roles: Sequence[RoleObservation],
     placements: Sequence[PlacementDecision],
     now: str,
@@ -137,12 +149,7 @@ def healthy_status(
         reason = "RollingOut" if lagging else "PodsNotReady"
         put(ConditionType.READY, False, reason, counts)
     put(ConditionType.DEGRADED, False, "AsExpected", "spec accepted and children applied")
-    put(
-        ConditionType.PLANNED,
-        plan.slo_met is not False,
-        "PlaceholderPlan" if plan.source == "placeholder" else ("SLOsMet" if plan.slo_met else "SLOsAtRisk"),
-        plan.reason,
-    )
+    put(ConditionType.PLANNED, planned.planned, planned.reason, planned.message)
     if placements:
         unsatisfied = [p for p in placements if not p.fits]
         put(
@@ -174,9 +181,20 @@ def failed_status(
     reason: str,
     message: str,
     now: str,
+    planned: PlannedVerdict | None = None,
 ) -> DisaggregatedModelStatus:
     """Status for a spec we cannot act on (or an apply that failed): children are left as they are."""
     conditions: list[Condition] = list(previous.conditions)
+    if planned is not None:
+        conditions = set_condition(
+            conditions,
+            ctype=ConditionType.PLANNED.value,
+            status="True" if planned.planned else "False",
+            reason=planned.reason,
+            message=planned.message,
+            generation=generation,
+            now=now,
+        )
     conditions = set_condition(
         conditions,
         ctype=ConditionType.DEGRADED.value,
