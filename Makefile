@@ -30,13 +30,15 @@ types: $(STAMP) ## mypy --strict on the package
 	$(BIN)/mypy operator/disagg
 
 unit: $(STAMP) ## unit tests (no cluster)
-	$(BIN)/pytest tests -q
+	@tmp=$$(mktemp -d /tmp/disagg-unit.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; $(BIN)/pytest tests -q --basetemp="$$tmp"
 
 e2e: $(STAMP) ## end-to-end tests on the local control plane (builds tools on first run)
 	@if [ "$${DISAGG_SKIP_E2E:-0}" = "1" ]; then \
 	  echo "*** DISAGG_SKIP_E2E=1: end-to-end suite NOT run (explicit opt-out) ***"; \
 	else \
-	  $(MAKE) --no-print-directory e2e-tools && $(BIN)/pytest e2e -q -m e2e; \
+	  $(MAKE) --no-print-directory e2e-tools && \
+	  tmp=$$(mktemp -d /tmp/disagg-e2e.XXXXXX) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(BIN)/pytest e2e -q -m e2e --basetemp="$$tmp"; \
 	fi
 
 test: lint types unit e2e ## everything CI runs: lint, types, unit and e2e tests

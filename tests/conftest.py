@@ -83,6 +83,15 @@ class MemoryCluster:
         self.writes.append(f"delete {obj['kind']}/{obj['metadata']['name']}")
         self.objects.pop(identity(obj), None)
 
+    def scale(self, obj: Mapping[str, Any], replicas: int) -> None:
+        """The scale subresource, with the deployment controller converging at once."""
+        self.writes.append(f"scale {obj['kind']}/{obj['metadata']['name']}={replicas}")
+        live = self.objects[identity(obj)]
+        live["spec"]["replicas"] = replicas
+        status = live.setdefault("status", {})
+        for key in ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas"):
+            status[key] = replicas
+
     def list_nodes(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.nodes)
 

@@ -17,6 +17,7 @@ from typing import Any
 from disagg.kube import ApiError, ConflictError, NotFoundError
 from disagg.kube.client import KubeCluster
 from disagg.reconcile import Outcome, reconcile
+from disagg.scaling.prometheus import MetricsSources
 from disagg.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Controller:
         self._own_versions: dict[Key, str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._metrics = MetricsSources()
+        self._sleeping: dict[Key, tuple[str, str]] = {}
+        """Models at zero: (Prometheus URL, demand query), polled fast so a wake is never a resync away."""
 
     # -- producers -------------------------------------------------------------------------
     def trigger(self, key: Key, *, delay: float = 0.0, resource_version: str | None = None) -> None:
@@ -64,6 +68,7 @@ class Controller:
             self._due.pop(key, None)
             self._failures.pop(key, None)
             self._own_versions.pop(key, None)
+            self._sleeping.pop(key, None)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -71,9 +76,10 @@ class Controller:
             thread = threading.Thread(target=self._work, name=f"disagg-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        resync = threading.Thread(target=self._resync_loop, name="disagg-resync", daemon=True)
-        resync.start()
-        self._threads.append(resync)
+        for target, name in ((self._resync_loop, "disagg-resync"), (self._wake_loop, "disagg-wake")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,6 +94,18 @@ class Controller:
                 self.resync()
             except (ApiError, NotFoundError, OSError) as exc:
                 log.warning("resync failed: %s", exc)
+
+    def _wake_loop(self) -> None:
+        while not self._stop.wait(self._settings.wake_poll_seconds):
+            self.poll_sleepers()
+
+    def poll_sleepers(self) -> None:
+        """Trigger a reconcile for every sleeping model whose router shows demand."""
+        for key, (url, query) in list(self._sleeping.items()):
+            value, _ = self._metrics.get(url).scalar(query)
+            if value is not None and value > 0:
+                log.info("%s/%s: router demand %g, waking", key[0], key[1], value)
+                self.trigger(key)
 
     def resync(self) -> None:
         namespaces: list[str | None] = list(self._settings.namespaces) or [None]
@@ -130,7 +148,7 @@ class Controller:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 self.forget(key)
                 return
-            outcome = reconcile(body, self._patching_cluster(key), self._settings)
+            outcome = reconcile(body, self._patching_cluster(key), self._settings, metrics=self._metrics.get)
         except ConflictError as exc:
             log.info("%s/%s: conflict, retrying: %s", namespace, name, exc)
             self.trigger(key, delay=0.2)
@@ -145,6 +163,11 @@ class Controller:
             self.trigger(key, delay=delay)
             return
         self._failures.pop(key, None)
+        zero = outcome.zero
+        if zero is not None and zero.at_zero and zero.url and zero.queries:
+            self._sleeping[key] = (zero.url, zero.queries.demand)
+        else:
+            self._sleeping.pop(key, None)
         if self._on_outcome is not None:
             self._on_outcome(key, outcome)
 

@@ -11,16 +11,16 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import DisaggregatedModelSpec, semantic_errors
+from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, condition
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, identity, owned_by
 from disagg.placement import Placement, node_inventory, place
-from disagg.planner.plan import Plan
+from disagg.planner.plan import Plan, engine_role_plans
 from disagg.planner.resolve import resolve_plan
 from disagg.render import (
     ROLE_AGGREGATED,
@@ -32,6 +32,7 @@ from disagg.render import (
     render,
 )
 from disagg.render.names import child_name
+from disagg.scaling import Action, Decision, Queries, Signals, decide, queries
 from disagg.settings import OperatorSettings
 from disagg.status import RoleObservation, failed_status, healthy_status
 
@@ -48,13 +49,15 @@ class Outcome:
 
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    scaled: list[str] = field(default_factory=list)
     status_written: bool = False
+    zero: ZeroState | None = None
     ready: bool = False
     error: str | None = None
 
     @property
     def writes(self) -> int:
-        return len(self.applied) + len(self.deleted) + int(self.status_written)
+        return len(self.applied) + len(self.deleted) + len(self.scaled) + int(self.status_written)
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -121,7 +124,7 @@ def _placement(
 
 
 def _role_observations(
-    model: ModelRef, plan: Plan, deployments: Mapping[str, Mapping[str, Any]]
+    model: ModelRef, plan: Plan, deployments: Mapping[str, Mapping[str, Any]], *, engines_at_zero: bool = False
 ) -> list[RoleObservation]:
     roles: list[tuple[str, int, int | None]] = []
     if plan.mode == "aggregated":
@@ -135,11 +138,84 @@ def _role_observations(
         RoleObservation(
             name=role,
             deployment=deployments.get(child_name(model.name, role)),
-            planned=planned,
+            planned=0 if engines_at_zero and role != ROLE_ROUTER else planned,
             tensor_parallel=tp,
         )
         for role, planned, tp in roles
     ]
+
+
+class MetricsSource(Protocol):
+    def signals(self, queries: Queries, *, at_zero: bool) -> Signals: ...
+
+
+MetricsLookup = Callable[[str], MetricsSource]
+
+
+@dataclass(frozen=True)
+class ZeroState:
+    """Scale-to-zero state for this pass (``enabled`` False: the feature is off for the model)."""
+
+    enabled: bool
+    at_zero: bool = False
+    decision: Decision | None = None
+    queries: Queries | None = None
+    url: str | None = None
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def _zero_state(
+    spec: DisaggregatedModelSpec,
+    previous: DisaggregatedModelStatus,
+    meta: Mapping[str, Any],
+    settings: OperatorSettings,
+    metrics: MetricsLookup | None,
+    now: str,
+) -> ZeroState:
+    if not spec.scale_to_zero.enabled:
+        return ZeroState(enabled=False)
+    marker = condition(previous.conditions, ConditionType.SCALED_TO_ZERO.value)
+    at_zero = marker is not None and marker.status == "True"
+    url = spec.autoscaling.prometheus.url or settings.prometheus_url
+    model_queries = queries(spec, namespace=meta["namespace"], name=meta["name"])
+    if url is None or metrics is None:
+        why = "no Prometheus URL (spec.autoscaling.prometheus.url or the operator's prometheusUrl)"
+        decision = Decision(Action.STAY, False, "NoPrometheus", f"scale-to-zero needs metrics: {why}")
+        return ZeroState(enabled=True, at_zero=at_zero, decision=decision, queries=model_queries, url=url)
+    since = _parse_time(marker.last_transition_time if marker is not None else meta.get("creationTimestamp"))
+    current = _parse_time(now)
+    awake_for = (current - since) if (since is not None and current is not None) else 0.0
+    signals = metrics(url).signals(model_queries, at_zero=at_zero)
+    decision = decide(spec, at_zero=at_zero, signals=signals, awake_for_seconds=awake_for)
+    if decision.action == Action.SLEEP:
+        at_zero = True
+    elif decision.action == Action.WAKE:
+        at_zero = False
+    return ZeroState(enabled=True, at_zero=at_zero, decision=decision, queries=model_queries, url=url)
+
+
+def _sync_scale(cluster: Cluster, deployment: Mapping[str, Any] | None, replicas: int, wake: bool) -> bool:
+    """Move an autoscaled Deployment through its /scale subresource, as an autoscaler does.
+
+    Going to zero sets 0 (the HPA then reports ScalingDisabled and leaves it alone); waking sets the
+    floor when the Deployment sits below it, after which the HPA owns the count again. The applied
+    configuration never contains ``replicas``, so no field changes hands in server-side apply.
+    """
+    if deployment is None:
+        return False
+    current = int((deployment.get("spec") or {}).get("replicas") or 0)
+    if (not wake and current != 0) or (wake and current < replicas):
+        cluster.scale(deployment, replicas)
+        return True
+    return False
 
 
 def reconcile(
@@ -147,6 +223,7 @@ def reconcile(
     cluster: Cluster,
     settings: OperatorSettings,
     now: Callable[[], str] = utc_now,
+    metrics: MetricsLookup | None = None,
 ) -> Outcome:
     """One level-based pass over a DisaggregatedModel body as read from the API server."""
     meta = body["metadata"]
@@ -184,9 +261,12 @@ def reconcile(
         )
         return outcome
     plan = resolution.plan
+    zero = _zero_state(spec, previous, meta, settings, metrics, now())
+    outcome.zero = zero
     placement = _placement(spec, plan, previous, cluster, settings, model)
     decisions = placement.decisions if placement is not None else []
-    desired = [stamp(obj, settings.prefix) for obj in render(model, spec, plan, settings, placement)]
+    rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero)
+    desired = [stamp(obj, settings.prefix) for obj in rendered]
     live = {
         identity(obj): obj
         for obj in cluster.list_children(model.namespace, model_labels(model, settings))
@@ -221,9 +301,25 @@ def reconcile(
         raise
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
-    roles = _role_observations(model, plan, deployments)
+    if zero.enabled and spec.autoscaling.engine == AutoscalingEngine.HPA:
+        for role, role_plan in engine_role_plans(plan):
+            name = child_name(model.name, role)
+            target = 0 if zero.at_zero else role_plan.replicas
+            if role_plan.autoscaled and _sync_scale(cluster, deployments.get(name), target, wake=not zero.at_zero):
+                outcome.scaled.append(f"Deployment/{name}")
+                scaled = dict(deployments[name])
+                scaled["spec"] = {**scaled.get("spec", {}), "replicas": target}
+                deployments[name] = scaled
+    roles = _role_observations(model, plan, deployments, engines_at_zero=zero.at_zero)
     status = healthy_status(
-        previous, generation=generation, plan=plan, planned=resolution, roles=roles, placements=decisions, now=now()
+        previous,
+        generation=generation,
+        plan=plan,
+        planned=resolution,
+        roles=roles,
+        placements=decisions,
+        now=now(),
+        zero=(zero.at_zero, zero.decision) if zero.enabled else None,
     )
     ready = condition(status.conditions, ConditionType.READY.value)
     outcome.ready = ready is not None and ready.status == "True"

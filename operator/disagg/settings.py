@@ -42,6 +42,8 @@ class OperatorSettings(BaseModel):
     """Label/annotation/finalizer prefix under our own domain."""
     resync_seconds: Annotated[float, Field(gt=0)] = 60.0
     """Period of the level-based resync of every model (placement and drift)."""
+    wake_poll_seconds: Annotated[float, Field(gt=0)] = 1.0
+    """How often the router demand of models at zero is polled (bounds the operator's wake latency)."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty means cluster-wide."""
     inference_pool: bool = False
@@ -69,6 +71,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
         value = env.get(f"DISAGG_{key.upper()}")
         if value:
             data[key] = value
+    if env.get("DISAGG_WAKE_POLL_SECONDS"):
+        data["wake_poll_seconds"] = float(env["DISAGG_WAKE_POLL_SECONDS"])
     if env.get("DISAGG_RESYNC_SECONDS"):
         data["resync_seconds"] = float(env["DISAGG_RESYNC_SECONDS"])
     if env.get("DISAGG_NAMESPACES"):

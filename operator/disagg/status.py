@@ -26,6 +26,17 @@ from disagg.placement import PlacementDecision
 from disagg.planner.plan import Plan
 
 
+class ZeroVerdict(Protocol):
+    @property
+    def metrics_available(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+
 class PlannedVerdict(Protocol):
     @property
     def planned(self) -> bool: ...
@@ -117,8 +128,9 @@ def healthy_status(
     roles: Sequence[RoleObservation],
     placements: Sequence[PlacementDecision],
     now: str,
+    zero: tuple[bool, ZeroVerdict | None] | None = None,
 ) -> DisaggregatedModelStatus:
-    """Status after a successful apply pass."""
+    """Status after a successful apply pass; ``zero`` is (at zero, decision) when scale-to-zero is on."""
     statuses = [r.status() for r in roles]
     engine = [s for s in statuses if s.name != "router"]
     lagging = [r.name for r in roles if not r.rolled_out()]
@@ -143,13 +155,41 @@ def healthy_status(
     else:
         put(ConditionType.PROGRESSING, False, "RolloutComplete", f"generation {generation} rolled out; {counts}")
     ready = not lagging and not short
-    if ready:
+    at_zero = zero is not None and zero[0]
+    if ready and at_zero:
+        put(
+            ConditionType.READY,
+            True,
+            "ScaledToZero",
+            f"prefill and decode at zero, the router holds requests; {counts}",
+        )
+    elif ready:
         put(ConditionType.READY, True, "Available", counts)
     else:
         reason = "RollingOut" if lagging else "PodsNotReady"
         put(ConditionType.READY, False, reason, counts)
     put(ConditionType.DEGRADED, False, "AsExpected", "spec accepted and children applied")
     put(ConditionType.PLANNED, planned.planned, planned.reason, planned.message)
+    if zero is not None:
+        # Stable wording while nothing flips, so a sleeping or busy model costs no status writes.
+        verdict = zero[1]
+        if at_zero:
+            put(
+                ConditionType.SCALED_TO_ZERO,
+                True,
+                "Idle",
+                "no demand: prefill and decode at zero, the router holds requests and wakes them",
+            )
+        else:
+            put(ConditionType.SCALED_TO_ZERO, False, "Serving", "prefill and decode are up")
+        if verdict is not None and verdict.metrics_available:
+            put(ConditionType.METRICS_AVAILABLE, True, "Readable", "router demand and engine load are readable")
+        elif verdict is not None:
+            put(ConditionType.METRICS_AVAILABLE, False, verdict.reason, verdict.message)
+    else:
+        conditions = drop_conditions(
+            conditions, [ConditionType.SCALED_TO_ZERO.value, ConditionType.METRICS_AVAILABLE.value]
+        )
     if placements:
         unsatisfied = [p for p in placements if not p.fits]
         put(

@@ -137,6 +137,18 @@ class KubeCluster:
                 },
             )
 
+    def scale(self, obj: Mapping[str, Any], replicas: int) -> None:
+        """Set replicas through the scale subresource (an Update, as autoscalers do; never in our apply)."""
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        self._call(
+            "PATCH",
+            kind.path(meta.get("namespace"), meta["name"]) + "/scale",
+            body={"spec": {"replicas": replicas}},
+            query=[("fieldManager", self._field_manager)],
+            content_type="application/merge-patch+json",
+        )
+
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._list(NODE_KIND)
 

@@ -95,3 +95,10 @@ def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
             + "; the analytical planner is not enabled yet."
         ),
     )
+
+
+def engine_role_plans(plan: Plan) -> list[tuple[str, RolePlan]]:
+    """(role name, plan) of the engine roles the plan renders: prefill-decode, or prefill and decode."""
+    if plan.decode is None:
+        return [("prefill-decode", plan.prefill)]
+    return [("prefill", plan.prefill), ("decode", plan.decode)]

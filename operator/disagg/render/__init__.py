@@ -220,8 +220,15 @@ def render(
     plan: Plan,
     settings: OperatorSettings,
     placement: Placement | None = None,
+    *,
+    engines_at_zero: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every child object the model needs, in apply order (config before workloads before scalers)."""
+    """Every child object the model needs, in apply order (config before workloads before scalers).
+
+    ``engines_at_zero``: prefill and decode sleep (scale-to-zero). Fixed-size roles render
+    ``replicas: 0``; KEDA-scaled roles are paused at 0; HPA-scaled roles keep their rendered form
+    (the operator moves them through the scale subresource, like an autoscaler).
+    """
     objects: list[dict[str, Any]] = []
     engine_roles: list[tuple[str, RolePlan, EngineRoleSpec]]
     if plan.mode == "aggregated":
@@ -247,7 +254,10 @@ def render(
 
     for role, plan_role, role_spec in engine_roles:
         autoscaled = _autoscaled(spec, plan_role)
-        objects.append(_engine_deployment(model, spec, plan_role, role_spec, role, settings, placement, autoscaled))
+        deployment = _engine_deployment(model, spec, plan_role, role_spec, role, settings, placement, autoscaled)
+        if engines_at_zero and not autoscaled:
+            deployment["spec"]["replicas"] = 0
+        objects.append(deployment)
         if role == ROLE_DECODE:
             ports = [
                 {"name": "http", "port": SIDECAR_PORT, "targetPort": "http", "protocol": "TCP"},
@@ -263,18 +273,19 @@ def render(
     scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in engine_roles]
     for role, plan_role, role_spec in scalable:
         if _autoscaled(spec, plan_role):
-            objects.append(
-                autoscaling.engine_scaler(
-                    spec=spec,
-                    settings=settings,
-                    role=role,
-                    plan_role=plan_role,
-                    role_spec=role_spec,
-                    meta=_meta(model, settings, child_name(model.name, role), role),
-                    target_name=child_name(model.name, role),
-                    namespace=model.namespace,
-                )
+            scaler = autoscaling.engine_scaler(
+                spec=spec,
+                settings=settings,
+                role=role,
+                plan_role=plan_role,
+                role_spec=role_spec,
+                meta=_meta(model, settings, child_name(model.name, role), role),
+                target_name=child_name(model.name, role),
+                namespace=model.namespace,
             )
+            if engines_at_zero and scaler["kind"] == "ScaledObject":
+                scaler["metadata"].setdefault("annotations", {})[autoscaling.KEDA_PAUSED_REPLICAS] = "0"
+            objects.append(scaler)
     if _autoscaled(spec, plan.router):
         objects.append(
             autoscaling.router_scaler(

@@ -26,6 +26,7 @@ SCALE_DOWN = {
     "selectPolicy": "Min",
     "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
 }
+KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 
 

@@ -1,0 +1,105 @@
+"""Scale-to-zero decisions (pure): when prefill and decode sleep together, and when they wake.
+
+The wake signal comes from the router, which stays up and holds requests while the engines are
+at zero: engine metrics vanish with their pods, so they can only ever confirm idleness, never
+demand. Missing data is never idleness: an empty answer or an unreachable Prometheus keeps the
+model as it is and says why in ``MetricsAvailable``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from disagg.api.spec import DisaggregatedModelSpec
+from disagg.api.types import duration_seconds
+
+SUBQUERY_STEP = "15s"
+
+
+class Action(StrEnum):
+    STAY = "stay"
+    SLEEP = "sleep"
+    WAKE = "wake"
+
+
+@dataclass(frozen=True)
+class Queries:
+    demand: str
+    """Router-side demand now (requests arriving or held); > 0 wakes the model."""
+    demand_window: str
+    """Largest router demand over the idle window."""
+    busy_window: str
+    """Largest engine in-flight work over the idle window (evaluated only while awake)."""
+
+
+def _selector(namespace: str, pods: str) -> str:
+    return f'namespace="{namespace}",pod=~"{pods}"'
+
+
+def queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str) -> Queries:
+    """Default PromQL for the llm-d router and vLLM, or the spec's overrides."""
+    router = _selector(namespace, f"{name}-router-.+")
+    engines = _selector(namespace, f"{name}-(prefill|decode|prefill-decode)-.+")
+    demand = spec.scale_to_zero.demand_query or f"sum(rate(inference_objective_request_total{{{router}}}[1m]))"
+    busy = spec.scale_to_zero.idle_query or (
+        f"sum(vllm:num_requests_running{{{engines}}}) + sum(vllm:num_requests_waiting{{{engines}}})"
+    )
+    window = spec.scale_to_zero.idle_after
+    return Queries(
+        demand=demand,
+        demand_window=f"max_over_time(({demand})[{window}:{SUBQUERY_STEP}])",
+        busy_window=f"max_over_time(({busy})[{window}:{SUBQUERY_STEP}])",
+    )
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What Prometheus said; ``None`` means no answer (unreachable or no series)."""
+
+    demand: float | None
+    demand_window: float | None
+    busy_window: float | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    metrics_available: bool
+    reason: str
+    message: str
+
+
+def decide(
+    spec: DisaggregatedModelSpec,
+    *,
+    at_zero: bool,
+    signals: Signals,
+    awake_for_seconds: float,
+) -> Decision:
+    """Sleep only on positive evidence of idleness for the whole window; wake on any demand."""
+    idle_after = duration_seconds(spec.scale_to_zero.idle_after)
+    if at_zero:
+        if signals.demand is None:
+            why = signals.error or "the router's demand query returned no data"
+            return Decision(Action.STAY, False, "DemandUnknown", f"staying at zero: {why}")
+        if signals.demand > 0:
+            return Decision(Action.WAKE, True, "Demand", f"router demand {signals.demand:g}: waking prefill and decode")
+        return Decision(Action.STAY, True, "NoDemand", "no router demand: prefill and decode stay at zero")
+    if signals.demand_window is None or signals.busy_window is None:
+        missing = "router demand" if signals.demand_window is None else "engine load"
+        why = signals.error or f"no {missing} data"
+        return Decision(Action.STAY, False, "NoData", f"not scaling to zero without data: {why}")
+    if awake_for_seconds < idle_after:
+        return Decision(
+            Action.STAY, True, "Warm", f"awake for {awake_for_seconds:.0f}s, idle window is {idle_after:.0f}s"
+        )
+    if signals.demand_window > 0 or signals.busy_window > 0:
+        return Decision(Action.STAY, True, "Active", "demand or in-flight work within the idle window")
+    return Decision(
+        Action.SLEEP,
+        True,
+        "Idle",
+        f"no router demand and no engine work for {spec.scale_to_zero.idle_after}: scaling prefill and decode to zero",
+    )

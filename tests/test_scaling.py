@@ -1,0 +1,170 @@
+"""Scale-to-zero: pure decisions, and the reconcile pass that acts on them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from disagg.api.spec import DisaggregatedModelSpec
+from disagg.reconcile import reconcile
+from disagg.scaling import Action, Queries, Signals, decide, queries
+from disagg.settings import OperatorSettings
+from tests.conftest import ROOT, MemoryCluster, load
+
+LLAMA = ROOT / "manifests/samples/llama-3.3-70b-disaggregated.yaml"
+
+
+def spec(**zero: Any) -> DisaggregatedModelSpec:
+    return DisaggregatedModelSpec.model_validate(
+        {"model": {"name": "m"}, "scaleToZero": {"enabled": True, "idleAfter": "10m", **zero}}
+    )
+
+
+def signals(demand: float | None = 0.0, window: float | None = 0.0, busy: float | None = 0.0) -> Signals:
+    return Signals(demand=demand, demand_window=window, busy_window=busy)
+
+
+def test_default_queries_select_the_models_router_and_engines() -> None:
+    q = queries(spec(), namespace="ns", name="llama")
+    assert 'namespace="ns",pod=~"llama-router-.+"' in q.demand
+    assert "inference_objective_request_total" in q.demand
+    assert q.demand_window.startswith("max_over_time((")
+    assert "[10m:15s]" in q.demand_window
+    assert "vllm:num_requests_running" in q.busy_window
+    assert "llama-(prefill|decode|prefill-decode)-.+" in q.busy_window
+
+
+def test_queries_can_be_overridden() -> None:
+    q = queries(spec(demandQuery="sum(my_queue)", idleQuery="sum(my_busy)"), namespace="ns", name="m")
+    assert q.demand == "sum(my_queue)"
+    assert q.busy_window == "max_over_time((sum(my_busy))[10m:15s])"
+
+
+@pytest.mark.parametrize(
+    ("at_zero", "sig", "awake", "action", "available"),
+    [
+        (False, signals(), 601, Action.SLEEP, True),
+        (False, signals(), 30, Action.STAY, True),  # not awake long enough
+        (False, signals(window=0.2), 601, Action.STAY, True),  # demand within the window
+        (False, signals(busy=1), 601, Action.STAY, True),  # engines still working
+        (False, signals(window=None), 601, Action.STAY, False),  # no router data is never idle
+        (False, signals(busy=None), 601, Action.STAY, False),
+        (True, signals(demand=0.5), 0, Action.WAKE, True),
+        (True, signals(demand=0.0), 0, Action.STAY, True),
+        (True, signals(demand=None), 0, Action.STAY, False),
+    ],
+)
+def test_decide(at_zero: bool, sig: Signals, awake: float, action: Action, available: bool) -> None:
+    decision = decide(spec(), at_zero=at_zero, signals=sig, awake_for_seconds=awake)
+    assert decision.action == action
+    assert decision.metrics_available == available
+
+
+class FakeMetrics:
+    """A metrics source whose answers the test sets (the decision inputs), recording the queries."""
+
+    def __init__(self) -> None:
+        self.answer = Signals(demand=0.0, demand_window=0.0, busy_window=0.0)
+        self.seen: list[Queries] = []
+
+    def signals(self, queries: Queries, *, at_zero: bool) -> Signals:
+        self.seen.append(queries)
+        return self.answer
+
+
+def zero_model(engine: str = "hpa") -> dict[str, Any]:
+    body = load(LLAMA)
+    body["metadata"]["creationTimestamp"] = "2026-11-28T00:00:00Z"
+    body["spec"]["scaleToZero"] = {"enabled": True, "idleAfter": "15m"}
+    body["spec"]["autoscaling"] = {"engine": engine, "prometheus": {"url": "http://127.0.0.1:9"}}
+    return body
+
+
+def run(cluster: MemoryCluster, metrics: FakeMetrics, when: str) -> Any:
+    body = cluster.get_model("default", "llama-70b")
+    assert body is not None
+    return reconcile(body, cluster, OperatorSettings(), now=lambda: when, metrics=lambda url: metrics)
+
+
+def replicas(cluster: MemoryCluster, name: str) -> Any:
+    return next(o for (_, k, _, n), o in cluster.objects.items() if k == "Deployment" and n == name)["spec"].get(
+        "replicas"
+    )
+
+
+def conditions(cluster: MemoryCluster) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in cluster.models[("default", "llama-70b")]["status"]["conditions"]}
+
+
+def test_idle_model_sleeps_together_and_wakes_on_router_demand() -> None:
+    cluster, metrics = MemoryCluster(), FakeMetrics()
+    cluster.add_model(zero_model())
+    run(cluster, metrics, "2026-11-28T00:01:00Z")
+    cluster.roll_out()
+    run(cluster, metrics, "2026-11-28T00:02:00Z")
+    assert conditions(cluster)["ScaledToZero"]["status"] == "False"
+    assert conditions(cluster)["MetricsAvailable"]["status"] == "True"
+    assert replicas(cluster, "llama-70b-prefill") == 5
+
+    cluster.writes.clear()
+    outcome = run(cluster, metrics, "2026-11-28T00:20:00Z")  # idle for longer than idleAfter
+    assert sorted(outcome.scaled) == ["Deployment/llama-70b-decode", "Deployment/llama-70b-prefill"]
+    assert replicas(cluster, "llama-70b-prefill") == 0
+    assert replicas(cluster, "llama-70b-decode") == 0
+    assert replicas(cluster, "llama-70b-router") == 1  # the router stays up, holding requests
+    assert not [w for w in cluster.writes if w.startswith("apply")]  # replicas never enter our apply
+    conds = conditions(cluster)
+    assert conds["ScaledToZero"]["status"] == "True"
+    assert ("ScaledToZeroTrue", conds["ScaledToZero"]["message"]) in cluster.events
+    assert conds["Progressing"]["status"] == "True"  # pods are still going away in this pass
+
+    run(cluster, metrics, "2026-11-28T00:20:30Z")  # the pass after the deployment controller converged
+    assert conditions(cluster)["Ready"]["reason"] == "ScaledToZero"
+    assert conditions(cluster)["Ready"]["status"] == "True"
+    cluster.writes.clear()
+    assert run(cluster, metrics, "2026-11-28T00:21:00Z").writes == 0  # asleep and quiet: no writes
+
+    metrics.answer = Signals(demand=2.0, demand_window=None, busy_window=None)
+    outcome = run(cluster, metrics, "2026-11-28T00:22:00Z")
+    assert sorted(outcome.scaled) == ["Deployment/llama-70b-decode", "Deployment/llama-70b-prefill"]
+    assert replicas(cluster, "llama-70b-prefill") == 5
+    assert replicas(cluster, "llama-70b-decode") == 1
+    assert conditions(cluster)["ScaledToZero"]["status"] == "False"
+
+
+def test_missing_metrics_never_scale_to_zero() -> None:
+    cluster, metrics = MemoryCluster(), FakeMetrics()
+    cluster.add_model(zero_model())
+    metrics.answer = Signals(demand=None, demand_window=None, busy_window=None, error="Prometheus unreachable")
+    run(cluster, metrics, "2026-11-28T01:00:00Z")
+    cluster.roll_out()
+    outcome = run(cluster, metrics, "2026-11-28T02:00:00Z")
+    assert outcome.scaled == []
+    conds = conditions(cluster)
+    assert conds["MetricsAvailable"]["status"] == "False"
+    assert "Prometheus unreachable" in conds["MetricsAvailable"]["message"]
+    assert conds["ScaledToZero"]["status"] == "False"
+
+
+def test_without_a_prometheus_url_scale_to_zero_reports_why() -> None:
+    cluster = MemoryCluster()
+    body = zero_model()
+    body["spec"]["autoscaling"] = {"engine": "hpa"}
+    cluster.add_model(body)
+    reconcile(cluster.get_model("default", "llama-70b") or {}, cluster, OperatorSettings(), metrics=None)
+    assert conditions(cluster)["MetricsAvailable"]["reason"] == "NoPrometheus"
+
+
+def test_fixed_roles_render_zero_and_keda_pauses() -> None:
+    cluster, metrics = MemoryCluster(), FakeMetrics()
+    body = zero_model(engine="keda")
+    body["spec"]["decode"]["replicas"] = {"min": 1, "max": 1}
+    cluster.add_model(body)
+    run(cluster, metrics, "2026-11-28T01:00:00Z")
+    run(cluster, metrics, "2026-11-28T02:00:00Z")
+    assert conditions(cluster)["ScaledToZero"]["status"] == "True"
+    run(cluster, metrics, "2026-11-28T02:01:00Z")  # the pass after the decision renders the zero state
+    assert replicas(cluster, "llama-70b-decode") == 0
+    scaled = next(o for (_, k, _, n), o in cluster.objects.items() if k == "ScaledObject" and n == "llama-70b-prefill")
+    assert scaled["metadata"]["annotations"]["autoscaling.keda.sh/paused-replicas"] == "0"
