@@ -56,3 +56,8 @@ clean: ## remove local build/test state (not the tool cache)
 demo: $(STAMP) ## the main job: local GPU cluster + operator + Llama-70B sample, with a report
 	$(MAKE) --no-print-directory e2e-tools
 	$(BIN)/python e2e/demo.py
+
+bench-planner: $(STAMP) ## planner accuracy on the measured runs, and plan latency
+	$(BIN)/python bench/planner_accuracy.py
+
+bench: bench-planner ## every benchmark

@@ -53,9 +53,23 @@ def test_unknown_gpu_is_one_line_error() -> None:
 
 
 def test_weight_only_precision_falls_back_to_wider_math() -> None:
-    assert get_gpu("h100-sxm").compute_dtype("fp4") == "fp8"
+    assert get_gpu("h100-sxm").compute_dtype("fp4") == "bf16"  # mixed-input kernels dequantise to BF16
     assert get_gpu("a100-80g").compute_dtype("fp8") == "bf16"
     assert get_gpu("b200").compute_dtype("fp4") == "fp4"
+    assert get_gpu("h100-sxm").compute_dtype("fp8") == "fp8"
+
+
+def test_emulated_precision_costs_compute_and_bandwidth() -> None:
+    h100, b200 = get_gpu("h100-sxm"), get_gpu("b200")
+    # Hopper has no FP4 tensor cores: FP4 weights run slower than native BF16 math, never faster.
+    assert h100.gemm_flops("fp4") < h100.gemm_flops("bf16") < h100.gemm_flops("fp8")
+    assert h100.weight_stream_bytes_per_s("fp4") < h100.weight_stream_bytes_per_s("fp8") == h100.hbm_bytes_per_s
+    # Blackwell runs FP4 natively: no dequantisation penalty.
+    assert b200.gemm_flops("fp4") > b200.gemm_flops("fp8")
+    assert b200.weight_stream_bytes_per_s("fp4") == b200.hbm_bytes_per_s
+    for gpu in GPUS.values():
+        assert 0.5 <= gpu.eff.dequant_flops_eta <= 1.0
+        assert 0.6 <= gpu.eff.dequant_bw_eta <= 1.0
 
 
 def test_presets() -> None:

@@ -81,3 +81,35 @@ def test_capacity_and_fit() -> None:
     assert not engine(tp=1).fits(1)  # 141 GB of bf16 weights on an 80 GB GPU
     e = engine(tp=8, weights="fp8", kv_dtype="fp8")
     assert e.max_batch(4096) == e.kv_capacity_tokens(4096) // 4096
+
+
+def test_emulated_fp4_is_slower_than_native() -> None:
+    # gpt-oss (MXFP4 experts): Hopper dequantises to BF16, Blackwell runs FP4 natively.
+    hopper = engine("gpt-oss-120b", "h200-sxm", tp=1, weights="fp4")
+    blackwell = engine("gpt-oss-120b", "b200", tp=1, weights="fp4")
+    assert hopper.prefill_time(8192) > 2.0 * blackwell.prefill_time(8192)
+    # Same model in FP8 on Hopper: native math, so a long prefill is faster than the emulated FP4 one.
+    assert engine("gpt-oss-120b", "h200-sxm", tp=1, weights="fp8").prefill_time(8192) < hopper.prefill_time(8192)
+
+
+def test_prefill_skips_the_lm_head() -> None:
+    e = engine("llama-3.1-8b", tp=1)
+    assert e._linear_time(4096, sampled=0) < e._linear_time(4096)
+    assert e._linear_time(1) == e._linear_time(1, sampled=1)
+
+
+def test_elementwise_traffic_does_not_shrink_with_tp() -> None:
+    # The residual/norm passes run on the full hidden state on every rank: more TP, smaller share saved.
+    r1 = engine("qwen3-32b", tp=1)._activation_rate
+    r8 = engine("qwen3-32b", tp=8)._activation_rate
+    assert r1 / 8 < r8 < r1
+    moe = engine("qwen3-235b-a22b", tp=8, weights="fp8")
+    dense = engine("qwen3-32b", tp=8)
+    assert moe._activation_rate > dense._activation_rate  # top-8 expert permutation traffic
+
+
+def test_moe_layers_add_router_kernels_to_the_floor() -> None:
+    moe = engine("qwen3-235b-a22b", tp=8, weights="fp8")
+    per_layer_floor = moe.gpu.eff.layer_floor_us * 1e-6
+    host = moe.backend.step_overhead_ms * 1e-3
+    assert moe.step_floor - host == pytest.approx(1.5 * moe.model.layers * per_layer_floor)

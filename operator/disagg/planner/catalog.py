@@ -53,17 +53,28 @@ class Generation:
     """Fixed cost of one small all-reduce (launch + one NVLink/PCIe round trip)."""
     layer_floor_us: float
     """Per-layer kernel floor of a decode step (about a dozen kernels, each with a launch/tail cost)."""
+    dequant_flops_eta: float = 1.0
+    """Mixed-input GEMMs (weights in a precision these tensor cores lack, dequantised in registers to BF16
+    before every MMA): share of the BF16 GEMM rate they keep. The conversion, scale loads and shuffles
+    take issue slots from the tensor-core pipeline."""
+    dequant_bw_eta: float = 1.0
+    """The same kernels when streaming weights at small batch: share of the streaming bandwidth kept
+    (the dequantisation sits on the load-to-MMA path and lowers the bytes in flight per SM)."""
 
 
 GENERATIONS: dict[str, Generation] = {
-    # Ampere: mature software; A100 cuBLAS reaches ~70% of 312 TFLOPS, HBM2e ~80% of 2.0 TB/s.
-    "ampere": Generation("ampere", 0.70, {"fp8": 1.0, "fp4": 1.0}, 0.80, 0.55, 0.80, 8.0, 16.0),
-    # Hopper: ~65% of dense bf16 peak for large GEMMs, fp8 ~55% of fp8 peak; HBM3 ~80%.
-    "hopper": Generation("hopper", 0.65, {"fp8": 0.85, "fp4": 0.80}, 0.80, 0.50, 0.80, 8.0, 14.0),
-    # Blackwell: larger tensor-core tiles, younger kernels; HBM3e at 8 TB/s is harder to saturate.
+    # Ampere: mature software; A100 cuBLAS reaches ~70% of 312 TFLOPS, HBM2e ~80% of 2.0 TB/s. No FP8/FP4
+    # tensor cores: such weights are dequantised to BF16 in mixed-input (Marlin-class) kernels.
+    "ampere": Generation("ampere", 0.70, {"fp8": 1.0, "fp4": 1.0}, 0.80, 0.55, 0.80, 8.0, 16.0, 0.60, 0.75),
+    # Hopper: ~65% of dense bf16 peak for large GEMMs, fp8 ~55% of fp8 peak; HBM3 ~80%. No FP4 tensor
+    # cores: MXFP4/NVFP4 weights are decoded (E2M1 + block scale) to BF16 before every wgmma.
+    "hopper": Generation("hopper", 0.65, {"fp8": 0.85, "fp4": 0.80}, 0.80, 0.50, 0.80, 8.0, 14.0, 0.60, 0.75),
+    # Blackwell: larger tensor-core tiles, younger kernels; HBM3e at 8 TB/s is harder to saturate. FP8 and
+    # FP4 are native, so the dequantisation factors never apply.
     "blackwell": Generation("blackwell", 0.62, {"fp8": 0.85, "fp4": 0.75}, 0.77, 0.45, 0.80, 7.0, 12.0),
-    # Ada (L40S): GDDR6, PCIe-only collectives (no NVLink): slow and high-latency all-reduce.
-    "ada": Generation("ada", 0.65, {"fp8": 0.85, "fp4": 1.0}, 0.80, 0.50, 0.70, 25.0, 16.0),
+    # Ada (L40S): GDDR6, PCIe-only collectives (no NVLink): slow and high-latency all-reduce. FP8 native,
+    # FP4 dequantised to BF16 as on Hopper.
+    "ada": Generation("ada", 0.65, {"fp8": 0.85, "fp4": 1.0}, 0.80, 0.50, 0.70, 25.0, 16.0, 0.60, 0.75),
 }
 
 
@@ -88,18 +99,28 @@ class GPU:
     def eff(self) -> Generation:
         return GENERATIONS[self.generation]
 
+    def native(self, dtype: str) -> bool:
+        """Whether the tensor cores take ``dtype`` operands (bf16 always counts as native)."""
+        return dtype == "bf16" or dtype in self.tflops
+
     def compute_dtype(self, weights: str) -> str:
-        """The GEMM operand dtype actually used: native if supported, else the next wider one."""
-        for dtype in (weights, "fp8", "bf16"):
-            if dtype in self.tflops and DTYPES.index(dtype) <= DTYPES.index(weights):
-                return dtype
-        return "bf16"
+        """The GEMM operand dtype actually used: the weights' own if the tensor cores support it; otherwise
+        the weights are dequantised to BF16 in the kernel (Marlin, Machete, Triton mixed-input GEMMs) and
+        the math runs at BF16 rate."""
+        return weights if self.native(weights) else "bf16"
 
     def gemm_flops(self, weights: str) -> float:
         """Achievable GEMM FLOP/s per GPU for this weight precision."""
         dtype = self.compute_dtype(weights)
         eta = self.eff.gemm_eta * self.eff.low_precision_eta.get(dtype, 1.0)
+        if not self.native(weights):
+            eta *= self.eff.dequant_flops_eta
         return self.tflops[dtype] * 1e12 * eta
+
+    def weight_stream_bytes_per_s(self, weights: str) -> float:
+        """Achievable bandwidth when streaming weights of this precision through a GEMM."""
+        bw = self.hbm_bytes_per_s
+        return bw if self.native(weights) else bw * self.eff.dequant_bw_eta
 
     @property
     def attention_flops(self) -> float:

@@ -25,6 +25,12 @@ GIB = 1024.0**3
 ACTIVATION_RESERVE_GB = 3.0
 """CUDA graphs, NCCL buffers, allocator slack and activations at the step token budget (per GPU)."""
 P2P_LATENCY_S = 20e-6
+KERNELS_PER_LAYER = 12
+"""Kernels of one dense decoder layer (norms, QKV, rotary, KV write, attention, O-proj, all-reduces,
+gate/up, activation, down) that the per-layer floor of ``Generation.layer_floor_us`` stands for."""
+MOE_EXTRA_KERNELS = 6
+"""Kernels an MoE layer adds to a dense MLP's: router GEMM, softmax/top-k, token sort, expert-block
+alignment, gather into expert order (permute) and the weighted scatter-reduce back (unpermute)."""
 
 
 @dataclass(frozen=True)
@@ -154,21 +160,46 @@ class Engine:
         return touched
 
     @cached_property
-    def _linear_rates(self) -> tuple[float, float, float]:
-        """(seconds of linear-layer compute per token per GPU, always-read bytes, one expert's bytes)."""
-        m = self.model
-        attn_params = m.layers * m.attention_params
-        mlp_params = m.active_params - attn_params
-        per_token = 2.0 * attn_params / self.gpu.gemm_flops(self.attn_dtype)
-        per_token += 2.0 * mlp_params / self.gpu.gemm_flops(self.weights)
-        always, expert, _ = self._weight_parts
-        return per_token / (self.tp * self.pp), always, expert
+    def _linear_rates(self) -> tuple[float, float, float, float, float]:
+        """Per GPU: (seconds of compute per token through the transformer layers, seconds of lm-head compute
+        per sampled token, seconds of compute per routed-expert token, seconds to stream the always-read
+        weights, seconds to stream one routed expert in all MoE layers).
 
-    def _linear_time(self, tokens: float) -> float:
-        """Weight-bearing layers for ``tokens`` tokens in one step (roofline: bytes vs FLOPs)."""
-        per_token, always, expert = self._linear_rates
-        read = always + expert * self._expert_reads(tokens)
-        return max(read / self.gpu.hbm_bytes_per_s, per_token * tokens)
+        Each weight group streams and multiplies at the rate of its own precision: attention projections
+        at ``attn_dtype``, MLPs/experts at the checkpoint's precision, router and lm-head at BF16 (every
+        serving checkpoint keeps them wide). A precision the tensor cores lack is dequantised in the GEMM
+        (see ``GPU.gemm_flops`` / ``GPU.weight_stream_bytes_per_s``)."""
+        m = self.model
+        gpu = self.gpu
+        w = BYTES_PER_PARAM[self.weights]
+        attn_params = m.layers * m.attention_params
+        dense_params = (m.dense_layers if m.is_moe else m.layers) * m.dense_mlp_params
+        shared_params = m.moe_layers * m.shared_experts * m.expert_params
+        routed_params = m.moe_layers * m.top_k * m.expert_params
+        gpus = self.tp * self.pp
+        per_token = 2.0 * attn_params / gpu.gemm_flops(self.attn_dtype)
+        per_token += 2.0 * (dense_params + shared_params) / gpu.gemm_flops(self.weights)
+        per_token += 2.0 * m.moe_layers * m.hidden * m.experts / gpu.gemm_flops("bf16")  # router
+        routed = 2.0 * routed_params / gpu.gemm_flops(self.weights)
+        lm_head = 2.0 * m.embedding_params / gpu.gemm_flops("bf16")
+        attn_b = attn_params * BYTES_PER_PARAM[self.attn_dtype] / self.gpus
+        mlp_b = (dense_params + shared_params) * w / self.gpus
+        wide_b = (m.moe_layers * m.hidden * m.experts + m.embedding_params) * 2.0 / self.gpus  # router, lm-head
+        always_s = attn_b / gpu.weight_stream_bytes_per_s(self.attn_dtype)
+        always_s += mlp_b / gpu.weight_stream_bytes_per_s(self.weights)
+        always_s += wide_b / gpu.weight_stream_bytes_per_s("bf16")
+        _, expert, _ = self._weight_parts
+        expert_s = expert / gpu.weight_stream_bytes_per_s(self.weights)
+        return per_token / gpus, lm_head / gpus, routed / gpus, always_s, expert_s
+
+    def _linear_time(self, tokens: float, sampled: float | None = None) -> float:
+        """Weight-bearing layers for ``tokens`` tokens in one step (roofline: bytes vs FLOPs). Only the
+        ``sampled`` tokens (default: all) go through the lm-head: a prefill chunk needs logits for at most
+        its prompt's last token."""
+        per_token, lm_head, routed, always_s, expert_s = self._linear_rates
+        read = always_s + expert_s * self._expert_reads(tokens)
+        compute = (per_token + routed) * tokens + lm_head * (tokens if sampled is None else sampled)
+        return max(read, compute)
 
     @cached_property
     def _attention_rates(self) -> tuple[float, float]:
@@ -206,13 +237,37 @@ class Engine:
             return 0.0
         return (self.pp - 1) * (P2P_LATENCY_S + tokens * self.model.hidden * 2.0 / (self.gpu.scaleup_gbps * 1e9))
 
-    def _stage_time(self, tokens: float, kv_read_tokens: float, pairs: float) -> float:
-        return self._linear_time(tokens) + self._attention_time(kv_read_tokens, pairs) + self._comm_time(tokens)
+    @cached_property
+    def _activation_rate(self) -> float:
+        """Seconds per token of one pipeline stage's element-wise kernels (between the GEMMs, which are
+        compute-bound in prefill and leave these un-overlapped): two fused residual-add + RMSNorm passes
+        over the full hidden state (every TP rank holds all of it after the all-reduce), rotary embedding
+        and the KV-cache write on this rank's heads, and the gated activation on its MLP slice. An MoE layer
+        also gathers each token into its ``top_k`` experts' buffers and scatter-reduces them back, and runs
+        the activation on ``top_k`` expert slices. BF16 activations, read and written once per pass."""
+        m = self.model
+        hidden = 8.0 * m.hidden  # 2 x (read x and residual, write residual and normed)
+        if m.mla:
+            heads = 2.0 * m.heads * m.qk_dim / self.tp + 3.0 * (m.kv_lora_rank + m.qk_rope_dim)
+        else:  # rotary (read + write q, k) and KV-cache write (read k, v; write them to the cache)
+            heads = (2.0 * m.heads * m.qk_dim + 6.0 * m.kv_heads * m.head_dim) / self.tp
+        dense = 3.0 * m.intermediate / self.tp  # read gate and up, write their product
+        moe = 3.0 * (m.top_k + m.shared_experts) * m.moe_intermediate / self.tp + 2.0 * (m.top_k + 1) * m.hidden
+        per_token = m.layers * (hidden + heads)
+        per_token += (m.dense_layers if m.is_moe else m.layers) * dense + m.moe_layers * moe
+        return per_token * 2.0 / self.pp / self.gpu.hbm_bytes_per_s
+
+    def _stage_time(self, tokens: float, kv_read_tokens: float, pairs: float, sampled: float | None = None) -> float:
+        linear = self._linear_time(tokens, sampled) + tokens * self._activation_rate
+        return linear + self._attention_time(kv_read_tokens, pairs) + self._comm_time(tokens)
 
     @cached_property
     def step_floor(self) -> float:
-        """Fixed cost of any engine step: host-side scheduling plus one kernel tail per layer."""
-        return self.backend.step_overhead_ms * 1e-3 + self.model.layers * self.gpu.eff.layer_floor_us * 1e-6
+        """Fixed cost of any engine step: host-side scheduling plus one kernel tail per layer (MoE layers
+        run ``MOE_EXTRA_KERNELS`` more kernels than the ``KERNELS_PER_LAYER`` of a dense one)."""
+        m = self.model
+        kernels = m.layers + MOE_EXTRA_KERNELS * m.moe_layers / KERNELS_PER_LAYER
+        return self.backend.step_overhead_ms * 1e-3 + kernels * self.gpu.eff.layer_floor_us * 1e-6
 
     def decode_step_time(
         self, batch: float, context: float, prefill_tokens: float = 0.0, prefill_pairs: float = 0.0
@@ -229,7 +284,7 @@ class Engine:
         ctx = self.model.attention_context(context)
         micro = batch / self.pp
         pf = prefill_tokens / self.pp
-        stage = self._stage_time(micro + pf, micro * ctx + pf, micro * ctx + prefill_pairs / self.pp)
+        stage = self._stage_time(micro + pf, micro * ctx + pf, micro * ctx + prefill_pairs / self.pp, micro)
         return self.pp * stage + self._p2p_time(micro + pf) + self.step_floor
 
     def prefill_chunks(self, isl: int, cached: int = 0) -> list[tuple[int, float]]:
@@ -264,7 +319,7 @@ class Engine:
 
     def prefill_step_time(self, tokens: float, pairs: float) -> float:
         """One prefill-only step of ``tokens`` new tokens covering ``pairs`` query-key pairs."""
-        stage = self._stage_time(tokens, tokens, pairs / self.pp)
+        stage = self._stage_time(tokens, tokens, pairs / self.pp, sampled=0.0)
         return self.pp * stage + self._p2p_time(tokens) + self.step_floor
 
     def kv_transfer_bytes(self, tokens: int) -> float:
