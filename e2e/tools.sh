@@ -314,7 +314,6 @@ main() {
   done
   [[ ${#groups[@]} -gt 0 ]] || groups=("${REQUIRED_GROUPS[@]}" "${OPTIONAL_GROUPS[@]}")
 
-  command -v go >/dev/null || die "go is not on PATH"
   mkdir -p "${BIN_ROOT}" "${SRC_ROOT}" "${LOG_ROOT}" "${CURRENT}"
 
   # One tools.sh at a time per cache dir (parallel make / test sessions).
@@ -325,7 +324,7 @@ main() {
   for g in "${groups[@]}"; do
     group_present "$g" && continue
     if [[ -f "$(group_dir "$g")/.failed" ]] && is_optional "$g" && [[ ${explicit} -eq 0 && ${retry_failed} -eq 0 ]] \
-       && grep -q "^go=$(go env GOVERSION)\$" "$(group_dir "$g")/.failed"; then
+       && grep -q "^go=$(go env GOVERSION 2>/dev/null)\$" "$(group_dir "$g")/.failed"; then
       log "skipping optional ${g} $(group_version "$g"): its build failed before (see ${LOG_ROOT}/${g}-$(group_version "$g").log; --retry-failed to retry)"
       continue
     fi
@@ -334,6 +333,8 @@ main() {
 
   local start=${SECONDS} failed_req=() failed_opt=()
   if [[ ${#todo[@]} -gt 0 ]]; then
+    command -v go >/dev/null || die "go is not on PATH (needed to build: ${todo[*]})"
+    log "go: $(go env GOVERSION), GOMODCACHE=$(go env GOMODCACHE), GOCACHE=$(go env GOCACHE)"
     # Up to $JOBS concurrent go builds ("lanes"); kubernetes, the big one, gets a lane of its own.
     local -a lanes=() lane_pids=()
     local n=0
