@@ -73,10 +73,12 @@ pid_alive() {
   [[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
+# Recorded pids that are alive and really ours: kwokctl runs every component from
+# ${CLUSTER_DIR}/bin/, so a stale pid file (e.g. after a reboot) never points us at a stranger.
 alive_pids() {
   local p
   for p in $(cluster_pids); do
-    pid_alive "$p" && echo "$p"
+    pid_alive "$p" && tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF "${CLUSTER_DIR}/" && echo "$p"
   done
   return 0
 }
@@ -234,9 +236,11 @@ on_up_exit() {
   rm -f "${UP_CFG:-}"
   if [[ ${rc} -ne 0 ]]; then
     # keep the component logs for diagnosis (last 5 failures), then remove everything else
-    local keep="${CACHE}/failed-logs/${NAME}-$(date -u +%Y%m%dT%H%M%SZ)"
+    local keep
+    keep="${CACHE}/failed-logs/${NAME}-$(date -u +%Y%m%dT%H%M%SZ)"
     mkdir -p "${keep}"
     cp -r "${CLUSTER_DIR}/logs/." "${KWOK_WORKDIR}/${NAME}-create.log" "${keep}/" 2>/dev/null || true
+    # shellcheck disable=SC2012 # our own timestamped names
     ls -1dt "${CACHE}/failed-logs/"* 2>/dev/null | tail -n +6 | xargs -r rm -rf
     log "up failed; logs kept in ${keep}; cleaning up"
     cmd_down || true
@@ -274,7 +278,7 @@ print_up_hint() {
 }
 
 cmd_down() {
-  local kwokctl pids p n
+  local kwokctl pids p
   kwokctl="$(bin_dir)/kwokctl"
   if [[ ! -d "${CLUSTER_DIR}" ]]; then
     log "cluster '${NAME}' does not exist"
@@ -284,13 +288,15 @@ cmd_down() {
   if [[ -x "${kwokctl}" ]]; then
     # (--kubeconfig "" is refused by delete: point it at the cluster's own kubeconfig, which
     # is deleted anyway, so ~/.kube/config is never touched)
-    "${kwokctl}" delete cluster --name "${NAME}" --kubeconfig "${KUBECONFIG_PATH}" >"${KWOK_WORKDIR}/${NAME}-delete.log" 2>&1 \
-      && rm -f "${KWOK_WORKDIR}/${NAME}-delete.log" \
-      || log "kwokctl delete cluster failed (log: ${KWOK_WORKDIR}/${NAME}-delete.log); cleaning up by hand"
+    local out
+    if ! out="$("${kwokctl}" delete cluster --name "${NAME}" --kubeconfig "${KUBECONFIG_PATH}" 2>&1)"; then
+      log "kwokctl delete cluster failed; cleaning up by hand. Its output:"
+      printf '%s\n' "${out}" | tail -n 5 >&2
+    fi
   fi
   # Whatever kwokctl left behind: its recorded processes (only those), then its state dir.
   for p in ${pids}; do kill -TERM "$p" 2>/dev/null || true; done
-  for n in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     local left=0
     for p in ${pids}; do pid_alive "$p" && left=1; done
     [[ ${left} -eq 0 ]] && break
@@ -298,7 +304,7 @@ cmd_down() {
   done
   for p in ${pids}; do kill -KILL "$p" 2>/dev/null || true; done
   rm -rf "${CLUSTER_DIR}"
-  rm -f "${KWOK_WORKDIR}/${NAME}-create.log" "${KWOK_WORKDIR}/${NAME}-delete.log" "${KWOK_WORKDIR}/kwokctl-${NAME}".*.yaml
+  rm -f "${KWOK_WORKDIR}/${NAME}-create.log" "${KWOK_WORKDIR}/kwokctl-${NAME}".*.yaml
   rmdir "${KWOK_WORKDIR}/clusters" "${KWOK_WORKDIR}" 2>/dev/null || true
   log "cluster '${NAME}' deleted"
 }
