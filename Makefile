@@ -61,3 +61,5 @@ bench-planner: $(STAMP) ## planner accuracy on the measured runs, and plan laten
 	$(BIN)/python bench/planner_accuracy.py
 
 bench: bench-planner ## every benchmark
+
+-include charts/charts.mk

@@ -338,6 +338,10 @@ class AutoscalingSpec(CamelModel):
     """hpa: HorizontalPodAutoscalers on custom metrics; keda: KEDA ScaledObjects; none: fixed replicas."""
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
     """Where engine and router metrics are read."""
+    scale_up_stabilization: Duration = "0s"
+    """How long a higher recommendation must hold before scaling up (LLM pods start slowly: react at once)."""
+    scale_down_stabilization: Duration = "5m"
+    """How long a lower recommendation must hold before scaling down (at most 1 pod per 2 minutes)."""
 
 
 class ScaleToZeroSpec(CamelModel):

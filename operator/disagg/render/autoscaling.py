@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.api.types import duration_seconds
 from disagg.planner.plan import RolePlan
 from disagg.settings import OperatorSettings
 
@@ -28,6 +29,16 @@ SCALE_DOWN = {
 }
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
+
+
+def behavior(spec: DisaggregatedModelSpec) -> dict[str, Any]:
+    """HPA behavior: fast up, slow and stabilised down, windows from the spec."""
+    up = int(duration_seconds(spec.autoscaling.scale_up_stabilization))
+    down = int(duration_seconds(spec.autoscaling.scale_down_stabilization))
+    return {
+        "scaleUp": {**SCALE_UP, "stabilizationWindowSeconds": min(up, 3600)},
+        "scaleDown": {**SCALE_DOWN, "stabilizationWindowSeconds": min(down, 3600)},
+    }
 
 
 def _kv_target(percent: int) -> str:
@@ -98,7 +109,7 @@ def engine_scaler(
                     },
                 }
             ],
-            "behavior": {"scaleUp": SCALE_UP, "scaleDown": SCALE_DOWN},
+            "behavior": behavior(spec),
         },
     }
 
@@ -137,7 +148,7 @@ def router_scaler(
                     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},
                 }
             ],
-            "behavior": {"scaleUp": SCALE_UP, "scaleDown": SCALE_DOWN},
+            "behavior": behavior(spec),
         },
     }
 
@@ -164,7 +175,7 @@ def _scaled_object(
             "maxReplicaCount": max(plan_role.max_replicas, 1),
             "pollingInterval": 15,
             "cooldownPeriod": 300,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleUp": SCALE_UP, "scaleDown": SCALE_DOWN}}},
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(spec)}},
             "triggers": [
                 {
                     "type": "prometheus",
