@@ -284,6 +284,18 @@ cmd_down() {
     log "cluster '${NAME}' does not exist"
     return 0
   fi
+  # Processes started beside the cluster (e.g. `make demo`'s operator) register a pid file here.
+  local f xp
+  for f in "${CLUSTER_DIR}"/extra-pids/*.pid; do
+    [[ -f "$f" ]] || continue
+    xp="$(tr -dc '0-9' <"$f")"
+    if [[ -n "${xp}" ]] && kill -0 "${xp}" 2>/dev/null; then
+      log "stopping pid ${xp} ($(basename "$f" .pid))"
+      kill -TERM -- "-${xp}" 2>/dev/null || kill -TERM "${xp}" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "${xp}" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL -- "-${xp}" 2>/dev/null || true
+    fi
+  done
   pids="$(alive_pids | tr '\n' ' ')"
   if [[ -x "${kwokctl}" ]]; then
     # (--kubeconfig "" is refused by delete: point it at the cluster's own kubeconfig, which

@@ -28,7 +28,10 @@ SAMPLE = ROOT / "manifests" / "samples" / "llama-3.3-70b-disaggregated.yaml"
 
 
 def _pid_file(env: dict[str, str]) -> Path:
-    return Path(env["DISAGG_E2E_CLUSTER_DIR"]) / "disagg-operator.pid"
+    """Registered where `cluster.sh down` stops it along with the cluster."""
+    path = Path(env["DISAGG_E2E_CLUSTER_DIR"]) / "extra-pids" / "disagg-operator.pid"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def start_operator(env: dict[str, str]) -> int:

@@ -16,11 +16,13 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, semantic_errors
-from disagg.api.status import ConditionType, DisaggregatedModelStatus, condition
+from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
+from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, identity, owned_by
 from disagg.placement import Placement, node_inventory, place
 from disagg.planner.plan import Plan, engine_role_plans
+from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
 from disagg.render import (
     ROLE_AGGREGATED,
@@ -32,7 +34,7 @@ from disagg.render import (
     render,
 )
 from disagg.render.names import child_name
-from disagg.scaling import Action, Decision, Queries, Signals, decide, queries
+from disagg.scaling import Action, Decision, Queries, Signals, WorkloadQueries, decide, queries, workload_queries
 from disagg.settings import OperatorSettings
 from disagg.status import RoleObservation, failed_status, healthy_status
 
@@ -148,6 +150,8 @@ def _role_observations(
 class MetricsSource(Protocol):
     def signals(self, queries: Queries, *, at_zero: bool) -> Signals: ...
 
+    def workload(self, queries: WorkloadQueries) -> ObservedWorkload: ...
+
 
 MetricsLookup = Callable[[str], MetricsSource]
 
@@ -200,6 +204,35 @@ def _zero_state(
     elif decision.action == Action.WAKE:
         at_zero = False
     return ZeroState(enabled=True, at_zero=at_zero, decision=decision, queries=model_queries, url=url)
+
+
+def _replanned(
+    spec: DisaggregatedModelSpec,
+    plan: Plan,
+    previous: DisaggregatedModelStatus,
+    meta: Mapping[str, Any],
+    settings: OperatorSettings,
+    metrics: MetricsLookup | None,
+    now: str,
+) -> tuple[Plan, ReplanStatus | None]:
+    """The plan with live re-planning applied: a new decision once per interval, else the last one."""
+    if not spec.planner.replan.enabled or plan.source != "planner":
+        return plan, None
+    last = previous.replan
+    due = last is None
+    if last is not None:
+        then, current = _parse_time(last.time), _parse_time(now)
+        due = then is None or current is None or current - then >= duration_seconds(spec.planner.replan.interval)
+    url = spec.autoscaling.prometheus.url or settings.prometheus_url
+    if not due or url is None or metrics is None:
+        return apply_floors(plan, last), last
+    observed = metrics(url).workload(workload_queries(spec, namespace=meta["namespace"], name=meta["name"]))
+
+    def planner(candidate: DisaggregatedModelSpec) -> Plan | None:
+        return resolve_plan(candidate).plan
+
+    running = apply_floors(plan, last)
+    return replan(spec, running, observed, last, planner, now)
 
 
 def _sync_scale(cluster: Cluster, deployment: Mapping[str, Any] | None, replicas: int, wake: bool) -> bool:
@@ -260,7 +293,7 @@ def reconcile(
             )
         )
         return outcome
-    plan = resolution.plan
+    plan, replan_record = _replanned(spec, resolution.plan, previous, meta, settings, metrics, now())
     zero = _zero_state(spec, previous, meta, settings, metrics, now())
     outcome.zero = zero
     placement = _placement(spec, plan, previous, cluster, settings, model)
@@ -321,6 +354,7 @@ def reconcile(
         now=now(),
         zero=(zero.at_zero, zero.decision) if zero.enabled else None,
     )
+    status = status.model_copy(update={"replan": replan_record})
     ready = condition(status.conditions, ConditionType.READY.value)
     outcome.ready = ready is not None and ready.status == "True"
     write_status(status)

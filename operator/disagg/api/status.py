@@ -89,6 +89,32 @@ class PlacementStatus(CamelModel):
     """GPUs the planned floor of prefill and decode pods needs in one domain."""
 
 
+class ObservedWorkload(CamelModel):
+    """What Prometheus showed over the last window (None: no data for that figure)."""
+
+    request_rate: float | None = None
+    input_tokens: float | None = None
+    output_tokens: float | None = None
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+
+
+class ReplanStatus(CamelModel):
+    """The last live re-planning decision and its inputs."""
+
+    time: Annotated[str, Field(max_length=32)]
+    """RFC 3339 time of the decision; the next one comes one planner.replan.interval later."""
+    observed: ObservedWorkload
+    ttft_correction: float = 1.0
+    """Observed / predicted TTFT at the running configuration, bounded to [0.5, 2]."""
+    itl_correction: float = 1.0
+    """Observed / predicted ITL at the running configuration, bounded to [0.5, 2]."""
+    prefill_floor: int | None = None
+    decode_floor: int | None = None
+    disagg_threshold: int | None = None
+    decision: Annotated[str, Field(max_length=1024)] = ""
+
+
 class DisaggregatedModelStatus(CamelModel):
     observed_generation: int | None = None
     """The spec generation the status describes."""
@@ -102,6 +128,7 @@ class DisaggregatedModelStatus(CamelModel):
     roles: list[RoleStatus] = Field(default_factory=list)
     plan: PlanSummary | None = None
     placement: list[PlacementStatus] = Field(default_factory=list)
+    replan: ReplanStatus | None = None
 
 
 def condition(

@@ -103,3 +103,34 @@ def decide(
         "Idle",
         f"no router demand and no engine work for {spec.scale_to_zero.idle_after}: scaling prefill and decode to zero",
     )
+
+
+@dataclass(frozen=True)
+class WorkloadQueries:
+    """PromQL for what the engines actually serve (for live re-planning)."""
+
+    request_rate: str
+    input_tokens: str
+    output_tokens: str
+    ttft: str
+    itl: str
+
+
+def workload_queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str, window: str = "5m") -> WorkloadQueries:
+    """vLLM metrics of the pods that finish requests (decode, or prefill-decode when aggregated)."""
+    sel = _selector(namespace, f"{name}-(decode|prefill-decode)-.+")
+    q = spec.slo.percentile / 100
+
+    def mean(metric: str) -> str:
+        return f"sum(rate({metric}_sum{{{sel}}}[{window}])) / sum(rate({metric}_count{{{sel}}}[{window}]))"
+
+    def quantile(metric: str) -> str:
+        return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))"
+
+    return WorkloadQueries(
+        request_rate=f"sum(rate(vllm:request_success_total{{{sel}}}[{window}]))",
+        input_tokens=mean("vllm:request_prompt_tokens"),
+        output_tokens=mean("vllm:request_generation_tokens"),
+        ttft=quantile("vllm:time_to_first_token_seconds"),
+        itl=quantile("vllm:time_per_output_token_seconds"),
+    )

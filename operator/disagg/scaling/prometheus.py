@@ -7,13 +7,15 @@ a zero: the decision layer treats missing data as "keep things as they are".
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 import requests
 from prometheus_api_client import PrometheusConnect
 
-from disagg.scaling import Queries, Signals
+from disagg.api.status import ObservedWorkload
+from disagg.scaling import Queries, Signals, WorkloadQueries
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 3
@@ -48,6 +50,23 @@ class PrometheusMetrics:
         window, error2 = self.scalar(queries.demand_window)
         busy, error3 = self.scalar(queries.busy_window)
         return Signals(demand=demand, demand_window=window, busy_window=busy, error=error or error2 or error3)
+
+    def workload(self, queries: WorkloadQueries) -> ObservedWorkload:
+        """Observed rate, mean lengths and latency percentiles; NaN (no traffic) reads as no data."""
+
+        def value(query: str, scale: float = 1.0) -> float | None:
+            found, _ = self.scalar(query)
+            if found is None or math.isnan(found) or math.isinf(found):
+                return None
+            return round(found * scale, 3)
+
+        return ObservedWorkload(
+            request_rate=value(queries.request_rate),
+            input_tokens=value(queries.input_tokens),
+            output_tokens=value(queries.output_tokens),
+            ttft_ms=value(queries.ttft, 1000.0),
+            itl_ms=value(queries.itl, 1000.0),
+        )
 
 
 class MetricsSources:
