@@ -110,6 +110,8 @@ def test_sample_reaches_ready_with_all_children(
     for role in engine_roles:
         for p in pods(kubectl, namespace, role["name"]):
             assert p["spec"]["nodeName"] in gpu_nodes
+    assert "not-a-real-token" not in operator.log_tail(100_000), "the hub token leaked into the operator log"
+    assert "not-a-real-token" not in str(ready), "the hub token leaked into the resource"
     printed = kubectl.run("get", "dm", name, "-n", namespace).stdout
     header, row = printed.splitlines()[:2]
     assert header.split() == ["NAME", "MODE", "RATIO", "READY", "PODS", "AGE"]

@@ -241,3 +241,25 @@ def test_long_names_stay_within_limits_and_unique() -> None:
                 assert len(value) <= 63
             names.add((obj["kind"], obj["metadata"]["name"]))
     assert len(names) == 2 * len(render_body(body))
+
+
+def test_engine_security_defaults_and_overrides() -> None:
+    body = load(ROOT / "manifests/samples/llama-3.3-70b-disaggregated.yaml")
+    prefill = _container(by_kind(render_body(body), "Deployment")["llama-70b-prefill"])
+    security = prefill["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}  # RDMA pins memory
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    body["spec"]["kvTransfer"]["network"] = "tcp"
+    body["spec"]["prefill"]["scheduling"] = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000}}
+    prefill = _container(by_kind(render_body(body), "Deployment")["llama-70b-prefill"])
+    assert prefill["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert prefill["securityContext"]["runAsNonRoot"] is True
+    validate_strict(by_kind(render_body(body), "Deployment")["llama-70b-prefill"])
+
+
+def test_hub_token_is_only_referenced() -> None:
+    body = load(ROOT / "manifests/samples/llama-3.3-70b-disaggregated.yaml")
+    text = to_yaml(render_body(body))
+    assert "secretKeyRef" in text
+    assert "kind: Secret" not in text

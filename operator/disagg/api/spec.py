@@ -218,6 +218,11 @@ class SchedulingSpec(CamelModel):
         default_factory=dict
     )
     """Extra annotations on the role's pods."""
+    security_context: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Container securityContext fields merged over the operator's defaults (no privilege escalation,
+    all capabilities dropped except IPC_LOCK for RDMA, RuntimeDefault seccomp)."""
 
 
 class EngineRoleAutoscaling(CamelModel):

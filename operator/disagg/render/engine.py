@@ -131,12 +131,30 @@ def engine_container(
         "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 10, "failureThreshold": 6},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],  # noqa: S108 - shared memory for TP workers
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": container_security(spec, role, disaggregated=disaggregated),
     }
     env = engine_env(spec, role, disaggregated=disaggregated)
     if env:  # the API server drops an empty list; rendering none keeps drift checks exact
         container["env"] = env
     return container
+
+
+def container_security(spec: DisaggregatedModelSpec, role: EngineRoleSpec, *, disaggregated: bool) -> dict[str, Any]:
+    """Restrictive defaults a GPU engine still runs under; the role's overrides win field by field.
+
+    RDMA transports pin memory, which needs IPC_LOCK; nothing else is kept. Root is not forbidden
+    by default because the common vLLM images run as root; set runAsNonRoot in the override when
+    your image allows it.
+    """
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if disaggregated and spec.kv_transfer.network == NetworkKind.RDMA:
+        capabilities["add"] = ["IPC_LOCK"]
+    defaults: dict[str, Any] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": capabilities,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return {**defaults, **(role.scheduling.security_context or {})}
 
 
 def routing_sidecar(settings: OperatorSettings) -> dict[str, Any]:
