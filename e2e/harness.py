@@ -156,6 +156,7 @@ class OperatorProcess:
                 **os.environ,
                 "KUBECONFIG": self.env.kubeconfig,
                 "DISAGG_RESYNC_SECONDS": "3",
+                "DISAGG_EXCLUDE_NAMESPACES": "op-*",  # namespaces where tests run operators of their own
                 **self.extra_env,
             },
             stdout=log,

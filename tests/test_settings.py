@@ -36,3 +36,13 @@ def test_bad_settings_fail_loudly(tmp_path: Path) -> None:
         load_settings({"DISAGG_SETTINGS_FILE": str(path)})
     with pytest.raises(ValueError, match="no node label configured"):
         load_settings({}).level_label("galaxy")
+
+
+def test_namespace_scope() -> None:
+    settings = load_settings({"DISAGG_EXCLUDE_NAMESPACES": "op-*, kube-system"})
+    assert settings.manages("default")
+    assert not settings.manages("op-ha-1")
+    assert not settings.manages("kube-system")
+    only = load_settings({"DISAGG_NAMESPACES": "a"})
+    assert only.manages("a")
+    assert not only.manages("b")

@@ -33,6 +33,7 @@ class Controller:
         *,
         workers: int = 4,
         on_outcome: Callable[[Key, Outcome], None] | None = None,
+        leading: threading.Event | None = None,
     ) -> None:
         self._cluster = cluster
         self._settings = settings
@@ -47,6 +48,8 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metrics = MetricsSources()
+        self._leading = leading
+        """Set while this replica holds the leader Lease; None: no leader election, always act."""
         self._sleeping: dict[Key, tuple[str, str]] = {}
         """Models at zero: (Prometheus URL, demand query), polled fast so a wake is never a resync away."""
 
@@ -54,6 +57,8 @@ class Controller:
     def trigger(self, key: Key, *, delay: float = 0.0, resource_version: str | None = None) -> None:
         """Ask for a reconcile of ``key``; an event caused by our own status write is ignored."""
         if resource_version is not None and self._own_versions.get(key) == resource_version:
+            return
+        if not self._settings.manages(key[0]):
             return
         with self._cond:
             if key in self._busy:
@@ -90,6 +95,8 @@ class Controller:
 
     def _resync_loop(self) -> None:
         while not self._stop.wait(self._settings.resync_seconds):
+            if not self.acting():
+                continue
             try:
                 self.resync()
             except (ApiError, NotFoundError, OSError) as exc:
@@ -97,7 +104,8 @@ class Controller:
 
     def _wake_loop(self) -> None:
         while not self._stop.wait(self._settings.wake_poll_seconds):
-            self.poll_sleepers()
+            if self.acting():
+                self.poll_sleepers()
 
     def poll_sleepers(self) -> None:
         """Trigger a reconcile for every sleeping model whose router shows demand."""
@@ -115,9 +123,15 @@ class Controller:
                 self.trigger((meta["namespace"], meta["name"]))
 
     # -- consumers -------------------------------------------------------------------------
+    def acting(self) -> bool:
+        return self._leading is None or self._leading.is_set()
+
     def _next(self) -> Key | None:
         with self._cond:
             while not self._stop.is_set():
+                if not self.acting():  # a standby keeps its queue but touches nothing
+                    self._cond.wait(timeout=0.5)
+                    continue
                 now = time.monotonic()
                 ready = [k for k, due in self._due.items() if due <= now and k not in self._busy]
                 if ready:

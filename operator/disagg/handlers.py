@@ -8,6 +8,7 @@ progress in status), so a quiet model costs no writes; retries live in :mod:`dis
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -15,6 +16,7 @@ import kopf
 from disagg.api.spec import GROUP, KIND, PLURAL, VERSION
 from disagg.controller import Controller
 from disagg.kube.client import KubeCluster, load_api_client
+from disagg.leader import LeaderElector
 from disagg.settings import OperatorSettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -50,14 +52,23 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
     cluster = KubeCluster(_state.get("api") or load_api_client(), field_manager=ours.field_manager)
-    worker = Controller(cluster, ours)
+    leading = threading.Event() if ours.leader_election else None
+    worker = Controller(cluster, ours, leading=leading)
     worker.start()
+    if leading is not None:
+        # a new leader re-reconciles everything once
+        elector = LeaderElector(cluster, namespace=ours.leader_namespace, leading=leading, on_start=worker.resync)
+        elector.start()
+        _state["elector"] = elector
     _state.update(settings=ours, cluster=cluster, controller=worker)
     log.info("disagg operator started (field manager %s, resync %ss)", ours.field_manager, ours.resync_seconds)
 
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
+    elector = _state.pop("elector", None)
+    if elector is not None:
+        elector.stop()
     worker = _state.pop("controller", None)
     if worker is not None:
         worker.stop()

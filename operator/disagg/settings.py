@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping
 from typing import Annotated
@@ -46,8 +47,19 @@ class OperatorSettings(BaseModel):
     """How often the router demand of models at zero is polled (bounds the operator's wake latency)."""
     namespaces: list[str] = Field(default_factory=list)
     """Namespaces to watch; empty means cluster-wide."""
+    exclude_namespaces: list[str] = Field(default_factory=list)
+    """Glob patterns of namespaces to leave alone (e.g. another operator instance's)."""
+    leader_election: bool = False
+    """Several replicas: only the holder of the Lease ``disagg-operator`` in leader_namespace acts."""
+    leader_namespace: str = "default"
     inference_pool: bool = False
     """Render a Gateway API Inference Extension InferencePool per model (needs its CRD installed)."""
+
+    def manages(self, namespace: str) -> bool:
+        """Whether models in ``namespace`` are this operator's to reconcile."""
+        if self.namespaces and namespace not in self.namespaces:
+            return False
+        return not any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.exclude_namespaces)
 
     def level_label(self, level: str) -> str:
         try:
@@ -75,6 +87,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
         data["wake_poll_seconds"] = float(env["DISAGG_WAKE_POLL_SECONDS"])
     if env.get("DISAGG_RESYNC_SECONDS"):
         data["resync_seconds"] = float(env["DISAGG_RESYNC_SECONDS"])
+    if env.get("DISAGG_LEADER_ELECTION"):
+        data["leader_election"] = env["DISAGG_LEADER_ELECTION"].lower() in ("1", "true", "yes")
+    namespace = env.get("DISAGG_LEADER_NAMESPACE") or env.get("POD_NAMESPACE")
+    if namespace:
+        data["leader_namespace"] = namespace
+    if env.get("DISAGG_EXCLUDE_NAMESPACES"):
+        data["exclude_namespaces"] = [n.strip() for n in env["DISAGG_EXCLUDE_NAMESPACES"].split(",") if n.strip()]
     if env.get("DISAGG_NAMESPACES"):
         data["namespaces"] = [n.strip() for n in env["DISAGG_NAMESPACES"].split(",") if n.strip()]
     if "topology_labels" in data and isinstance(data["topology_labels"], dict):

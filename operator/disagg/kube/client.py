@@ -149,6 +149,25 @@ class KubeCluster:
             content_type="application/merge-patch+json",
         )
 
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            lease: dict[str, Any] = self._call(
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
+            )
+        except NotFoundError:
+            return None
+        return lease
+
+    def write_lease(self, lease: dict[str, Any]) -> dict[str, Any]:
+        """Create, or replace with optimistic concurrency (resourceVersion): a lost race is a 409."""
+        meta = lease["metadata"]
+        base = f"/apis/coordination.k8s.io/v1/namespaces/{meta['namespace']}/leases"
+        if meta.get("resourceVersion"):
+            result: dict[str, Any] = self._call("PUT", f"{base}/{meta['name']}", body=lease)
+        else:
+            result = self._call("POST", base, body=lease)
+        return result
+
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._list(NODE_KIND)
 
