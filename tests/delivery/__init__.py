@@ -1,1 +1,0 @@
-"""Delivery artefacts (chart, install manifest, Argo CD, Dockerfile): tests without a cluster."""
