@@ -28,11 +28,20 @@ T = TypeVar("T")
 class ClusterEnv:
     """Connection facts of a running cluster (from ``cluster.sh env`` or an existing KUBECONFIG)."""
 
-    def __init__(self, kubeconfig: str, bin_dir: str | None, audit_log: str | None, name: str | None) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        bin_dir: str | None,
+        audit_log: str | None,
+        name: str | None,
+        cluster_dir: str | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.bin_dir = bin_dir
         self.audit_log = audit_log
         self.name = name
+        self.cluster_dir = cluster_dir
+        """kwokctl's state dir of a private cluster (pids/, logs/); None for an existing cluster."""
 
     @property
     def kubectl_path(self) -> str:
@@ -64,7 +73,13 @@ def cluster_up(name: str) -> ClusterEnv:
         timeout=900,
     )
     env = cluster_env(name)
-    return ClusterEnv(env["KUBECONFIG"], env.get("DISAGG_E2E_BIN_DIR"), env.get("DISAGG_E2E_AUDIT_LOG"), name)
+    return ClusterEnv(
+        env["KUBECONFIG"],
+        env.get("DISAGG_E2E_BIN_DIR"),
+        env.get("DISAGG_E2E_AUDIT_LOG"),
+        name,
+        env.get("DISAGG_E2E_CLUSTER_DIR"),
+    )
 
 
 def cluster_down(name: str) -> None:

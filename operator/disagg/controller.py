@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from disagg.kube import ApiError, ConflictError, NotFoundError
+from disagg.kube import ConflictError
 from disagg.kube.client import KubeCluster
 from disagg.reconcile import Outcome, reconcile
 from disagg.scaling.prometheus import MetricsSources
@@ -42,7 +42,7 @@ class Controller:
         self._cond = threading.Condition()
         self._due: dict[Key, float] = {}
         self._busy: set[Key] = set()
-        self._again: set[Key] = set()
+        self._again: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._own_versions: dict[Key, str] = {}
         self._stop = threading.Event()
@@ -61,10 +61,10 @@ class Controller:
         if not self._settings.manages(key[0]):
             return
         with self._cond:
-            if key in self._busy:
-                self._again.add(key)
-                return
             due = time.monotonic() + delay
+            if key in self._busy:  # picked up again when the running pass ends, not before ``due``
+                self._again[key] = min(self._again.get(key, due), due)
+                return
             self._due[key] = min(self._due.get(key, due), due)
             self._cond.notify()
 
@@ -99,7 +99,7 @@ class Controller:
                 continue
             try:
                 self.resync()
-            except (ApiError, NotFoundError, OSError) as exc:
+            except Exception as exc:  # the loop must outlive any API outage; the next period retries
                 log.warning("resync failed: %s", exc)
 
     def _wake_loop(self) -> None:
@@ -110,7 +110,7 @@ class Controller:
     def poll_sleepers(self) -> None:
         """Trigger a reconcile for every sleeping model whose router shows demand."""
         for key, (url, query) in list(self._sleeping.items()):
-            value, _ = self._metrics.get(url).scalar(query)
+            value, _ = self._metrics.get(url).scalar(query)  # never raises: failures read as no data
             if value is not None and value > 0:
                 log.info("%s/%s: router demand %g, waking", key[0], key[1], value)
                 self.trigger(key)
@@ -150,9 +150,9 @@ class Controller:
             finally:
                 with self._cond:
                     self._busy.discard(key)
-                    if key in self._again:
-                        self._again.discard(key)
-                        self._due.setdefault(key, time.monotonic())
+                    again = self._again.pop(key, None)
+                    if again is not None:
+                        self._due[key] = min(self._due.get(key, again), again)
                         self._cond.notify()
 
     def _reconcile_key(self, key: Key) -> None:

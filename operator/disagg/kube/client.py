@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -79,6 +80,8 @@ class KubeCluster:
             response.read()  # type: ignore[no-untyped-call]
         except ApiException as exc:  # transport-level failures surface as ApiException(status=0)
             raise ApiError(int(exc.status or 0), _message(exc.body, str(exc.reason))) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # API server down or restarting
+            raise ApiError(0, f"API server unreachable: {type(exc).__name__}") from exc
         text = response.data.decode("utf-8") if response.data else ""
         if response.status >= 400:
             message = _message(text, response.reason or "")

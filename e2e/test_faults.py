@@ -1,0 +1,128 @@
+"""Faults on the local control plane: the operator converges with no duplicates, orphans or lost status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.harness import ClusterEnv, Kubectl, OperatorProcess, wait_for
+from e2e.test_operator import model, node_racks, pods, sample, wait_ready
+
+pytestmark = pytest.mark.e2e
+CHILD_KINDS = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings"
+
+
+def _pid(cluster: ClusterEnv, component: str) -> int:
+    if not cluster.cluster_dir:
+        pytest.skip("needs the private local cluster (process control)")
+    path = Path(cluster.cluster_dir) / "pids" / f"{component}.pid"
+    return int("".join(c for c in path.read_text() if c.isdigit()))
+
+
+def _assert_clean(kubectl: Kubectl, namespace: str, name: str) -> None:
+    body = model(kubectl, namespace, name)
+    uid = body["metadata"]["uid"]
+    children = kubectl.items(CHILD_KINDS, namespace, "app.kubernetes.io/managed-by=disagg-operator")
+    names = [(c["kind"], c["metadata"]["name"]) for c in children]
+    assert len(names) == len(set(names)), "duplicate children"
+    for child in children:
+        assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [uid], "orphaned child"
+    conditions = {c["type"] for c in body["status"]["conditions"]}
+    assert {"Ready", "Progressing", "Degraded", "Planned"} <= conditions, "status lost"
+
+
+def test_etcd_briefly_unavailable(
+    cluster: ClusterEnv, kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    pid = _pid(cluster, "etcd")
+    kubectl.apply(sample("llama-8b-aggregated.yaml"), namespace)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(6)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_ready(kubectl, namespace, "llama-8b-chat", timeout=180)
+    _assert_clean(kubectl, namespace, "llama-8b-chat")
+
+
+def test_apiserver_restarted_mid_reconcile(
+    cluster: ClusterEnv, kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    pid = _pid(cluster, "kube-apiserver")
+    cmdline = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") if a]
+    kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), namespace)
+    wait_for("the first child", lambda: kubectl.items("deployments", namespace), timeout=60, interval=0.05)
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(600):  # graceful shutdown can take a while; the port must be free again
+        if not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(1)
+    log = open(Path(cluster.cluster_dir or ".") / "logs" / "kube-apiserver.log", "ab")  # noqa: SIM115
+    restarted = subprocess.Popen(cmdline, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    # cluster.sh down stops what the pid file names: keep it pointing at the live apiserver
+    (Path(cluster.cluster_dir or ".") / "pids" / "kube-apiserver.pid").write_text(str(restarted.pid))
+    wait_for(
+        "the apiserver to answer", lambda: kubectl.run("get", "--raw", "/readyz", check=False).returncode == 0 or None
+    )
+    assert operator.alive()
+    wait_ready(kubectl, namespace, "llama-70b", timeout=180)
+    _assert_clean(kubectl, namespace, "llama-70b")
+
+
+def test_conflicting_writer(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), namespace)
+    stop = threading.Event()
+
+    def meddle() -> None:
+        for i in range(200):  # bounded: bumps the resourceVersion under the operator's status writes
+            if stop.is_set():
+                return
+            kubectl.run("label", "dm", "llama-70b", f"meddler=v{i}", "--overwrite", "-n", namespace, check=False)
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=meddle, daemon=True)
+    writer.start()
+    try:
+        wait_ready(kubectl, namespace, "llama-70b", timeout=180)
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    _assert_clean(kubectl, namespace, "llama-70b")
+
+
+def test_rack_going_unschedulable_moves_the_model(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    body = sample("qwen3-32b-rack-packed.yaml")
+    kubectl.apply(body, namespace)
+    first = wait_ready(kubectl, namespace, "qwen3-32b")["status"]["placement"][0]["domain"]
+    rack_nodes = [n for n, rack in node_racks(kubectl).items() if rack == first]
+    for node in rack_nodes:
+        kubectl.run("cordon", node)
+    try:
+
+        def moved() -> Any:
+            current = model(kubectl, namespace, "qwen3-32b")
+            domain = current["status"]["placement"][0]["domain"]
+            ready = next(c for c in current["status"]["conditions"] if c["type"] == "Ready")["status"]
+            racks = {
+                node_racks(kubectl).get(p["spec"].get("nodeName", ""), "")
+                for r in ("prefill", "decode")
+                for p in pods(kubectl, namespace, r)
+            }
+            return domain if domain != first and ready == "True" and racks == {domain} else None
+
+        second = wait_for("the model to move to a rack with room", moved, timeout=180)
+        assert second not in (first, "rack-a")
+    finally:
+        for node in rack_nodes:
+            kubectl.run("uncordon", node, check=False)

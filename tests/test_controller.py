@@ -1,0 +1,56 @@
+"""The work queue: failures back off instead of spinning, bursts coalesce."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from disagg.controller import Controller
+from disagg.settings import OperatorSettings
+
+
+class FailingCluster:
+    """Every model read fails, as when the API server is down."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            self.calls += 1
+        raise OSError("connection refused")
+
+    def list_models(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+
+def test_failures_back_off_instead_of_spinning() -> None:
+    cluster = FailingCluster()
+    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), workers=2)  # type: ignore[arg-type]
+    controller.start()
+    try:
+        controller.trigger(("ns", "m"))
+        time.sleep(2.5)  # backoff 2 s after the first failure, then 4 s
+    finally:
+        controller.stop()
+    assert 1 <= cluster.calls <= 3, f"{cluster.calls} attempts in 2.5 s: the retry loop spins"
+
+
+def test_standby_does_not_act() -> None:
+    cluster = FailingCluster()
+    leading = threading.Event()
+    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), leading=leading)  # type: ignore[arg-type]
+    controller.start()
+    try:
+        controller.trigger(("ns", "m"))
+        time.sleep(1.0)
+        assert cluster.calls == 0
+        leading.set()
+        deadline = time.monotonic() + 5
+        while cluster.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        controller.stop()
+    assert cluster.calls >= 1
