@@ -1,0 +1,1 @@
+"""Delivery artefacts (chart, install manifest, Argo CD, Dockerfile): tests without a cluster."""
