@@ -19,13 +19,16 @@ def test_defaults() -> None:
 
 def test_file_and_env_overrides(tmp_path: Path) -> None:
     path = tmp_path / "settings.yaml"
-    path.write_text("topologyLabels:\n  rack: nvidia.com/gpu.clique\nengineImage: img:1\n")
+    path.write_text(
+        "topologyLabels:\n  rack: nvidia.com/gpu.clique\nengineImage: img:1\nmetricNames:\n  prefillQueue: my_waiting\n"
+    )
     settings = load_settings(
         {"DISAGG_SETTINGS_FILE": str(path), "DISAGG_ENGINE_IMAGE": "img:2", "DISAGG_NAMESPACES": "a, b"}
     )
     assert settings.level_label("rack") == "nvidia.com/gpu.clique"
     assert settings.level_label("zone") == "topology.kubernetes.io/zone"
     assert settings.engine_image == "img:2"
+    assert settings.metric_names.prefill_queue == "my_waiting"
     assert settings.namespaces == ["a", "b"]
 
 

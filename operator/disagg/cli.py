@@ -90,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         api = load_api_client()
     except ConfigException as exc:
         raise CliError(f"no cluster credentials: {exc} (set KUBECONFIG or run in a pod)") from exc
+    if args.namespace:  # the flag narrows what the resync lists, not only what kopf watches
+        settings = settings.model_copy(update={"namespaces": list(args.namespace)})
     handlers.configure(settings, api)
     if not args.verbose:  # kopf logs every handler success at INFO; ours say what changed
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel, to_snake
 
 DEFAULT_TOPOLOGY_LABELS: dict[str, str] = {
     "zone": "topology.kubernetes.io/zone",
@@ -23,7 +24,7 @@ DEFAULT_TOPOLOGY_LABELS: dict[str, str] = {
 class MetricNames(BaseModel):
     """Custom-metric names as the metrics adapter exposes them (colons renamed to underscores)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
     prefill_queue: str = "vllm_num_requests_waiting"
     decode_kv_cache: str = "vllm_kv_cache_usage_perc"
 
@@ -31,7 +32,7 @@ class MetricNames(BaseModel):
 class OperatorSettings(BaseModel):
     """What a cluster administrator sets once; every field has a default that works on kind/kwok."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
     topology_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TOPOLOGY_LABELS))
     engine_image: str = "ghcr.io/llm-d/llm-d-cuda:v0.4.0"
     router_image: str = "ghcr.io/llm-d/llm-d-inference-scheduler:v0.4.0"
@@ -78,7 +79,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
             loaded = yaml.safe_load(handle) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: settings must be a mapping")
-        data.update({_snake(k): v for k, v in loaded.items()})
+        # top-level keys to field names so DISAGG_* variables below override them; nested
+        # models (metricNames) take camelCase through their aliases
+        data.update({to_snake(str(k)): v for k, v in loaded.items()})
     for key in ("engine_image", "router_image", "sidecar_image", "prometheus_url", "field_manager"):
         value = env.get(f"DISAGG_{key.upper()}")
         if value:
@@ -96,10 +99,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
         data["exclude_namespaces"] = [n.strip() for n in env["DISAGG_EXCLUDE_NAMESPACES"].split(",") if n.strip()]
     if env.get("DISAGG_NAMESPACES"):
         data["namespaces"] = [n.strip() for n in env["DISAGG_NAMESPACES"].split(",") if n.strip()]
-    if "topology_labels" in data and isinstance(data["topology_labels"], dict):
-        data["topology_labels"] = {**DEFAULT_TOPOLOGY_LABELS, **data["topology_labels"]}
+    if isinstance(data.get("topology_labels"), dict):
+        data["topology_labels"] = {**DEFAULT_TOPOLOGY_LABELS, **data["topology_labels"]}  # type: ignore[dict-item]
     return OperatorSettings.model_validate(data)
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
