@@ -3,7 +3,7 @@
 #   crds/*.yaml                              -> charts/disagg-operator/crds/ (Helm installs them)
 #   manifests/prometheus-adapter/rules.yaml  -> charts/disagg-operator/files/prometheus-adapter-rules.yaml
 # Each copy gets a one-line "generated" header; tests/delivery/test_chart_files.py checks drift.
-# The kopf peering CRDs (crds/kopf.dev_peerings.yaml) are the chart's own and are left alone.
+# Nothing else lives in the chart's crds/: a file there without a source in crds/ is removed.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 chart="$root/charts/disagg-operator"
@@ -13,7 +13,7 @@ mkdir -p "$chart/crds" "$chart/files"
 for stale in "$chart"/crds/*.yaml; do
   [[ -e "$stale" ]] || continue
   base=$(basename "$stale")
-  [[ "$base" == kopf.dev_peerings.yaml || -e "$root/crds/$base" ]] || rm -f -- "$stale"
+  [[ -e "$root/crds/$base" ]] || rm -f -- "$stale"
 done
 for src in "$root"/crds/*.yaml; do
   base=$(basename "$src")

@@ -177,6 +177,12 @@ def operator_as_the_chart_runs_it(
     settings = workdir / "settings.yaml"
     settings.write_text(configmap["data"]["settings.yaml"])
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    downward = {"metadata.namespace": namespace}  # the downward API, as the kubelet resolves it (POD_NAMESPACE)
+    for e in container.get("env", []):
+        field = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        if field:
+            assert field in downward, f"{e['name']}: the local run cannot resolve {field}"
+            env[e["name"]] = downward[field]
     env.update(
         DISAGG_SETTINGS_FILE=str(settings),
         HOME=str(workdir),
@@ -240,10 +246,10 @@ def release_objects(kubectl: Kubectl, release: str, namespaces: list[str]) -> li
     selector = f"app.kubernetes.io/instance={release}"
     found = [
         f"{kind}/{item['metadata']['name']}"
-        for kind in ("clusterroles", "clusterrolebindings", "clusterkopfpeerings.kopf.dev")
+        for kind in ("clusterroles", "clusterrolebindings")
         for item in kubectl.items(kind, None, selector)
     ]
-    kinds = "deployments,replicasets,pods,configmaps,serviceaccounts,roles,rolebindings,kopfpeerings.kopf.dev"
+    kinds = "deployments,replicasets,pods,configmaps,serviceaccounts,roles,rolebindings"
     for namespace in namespaces:
         found += [
             f"{namespace}/{item['kind']}/{item['metadata']['name']}"
@@ -306,13 +312,14 @@ def test_helm_lint_is_clean(helm: Helm) -> None:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_helm_template_passes_server_side_dry_run(kubectl: Kubectl, helm: Helm, namespace: str, variant: str) -> None:
-    kubectl.run(*CRD_UPGRADE_STEP)  # the peering CRDs, for the HA variants
     restricted_namespace(kubectl, namespace)
     extra = list(VARIANTS[variant])
     if variant.startswith("ha-namespaced"):
         extra += ["--set", f"watchNamespaces={{{namespace}}}"]
-    rendered = helm.run("template", f"dry-{variant}", str(CHART), "--namespace", namespace, *extra).stdout
-    kinds = sorted({d["kind"] for d in yaml.safe_load_all(rendered) if d})
+    release = f"dry-{variant}"
+    rendered = helm.run("template", release, str(CHART), "--namespace", namespace, *extra).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = sorted({d["kind"] for d in docs})
     result = kubectl.run("apply", "--server-side", "--dry-run=server", "-f", "-", stdin=rendered, check=False)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr, result.stderr  # deprecated APIs, pod security
@@ -321,10 +328,35 @@ def test_helm_template_passes_server_side_dry_run(kubectl: Kubectl, helm: Helm, 
     ), result.stdout
     expected = {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "ServiceAccount"}
     assert expected <= set(kinds)
+    assert not any(d["apiVersion"].startswith("kopf.dev/") for d in docs), "no kopf peering"
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert not any(a.startswith("--peering") for a in container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    lease_role = f"{release}-disagg-operator-leader-election"
+    roles = {(d["kind"], d["metadata"]["name"]): d for d in docs if d["kind"] in {"Role", "RoleBinding"}}
+    if variant == "defaults":
+        assert "DISAGG_LEADER_ELECTION" not in env
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert not roles, "one replica: no Lease Role"
+        return
+    assert env["DISAGG_LEADER_ELECTION"]["value"] == "1"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    role = roles[("Role", lease_role)]
+    assert role["metadata"]["namespace"] == namespace
+    granted = {
+        verb
+        for rule in role["rules"]
+        if rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"]
+        for verb in rule["verbs"]
+    }
+    assert granted == {"get", "create", "update"}, role["rules"]
+    binding = roles[("RoleBinding", lease_role)]
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": lease_role}
     if variant.startswith("ha-namespaced"):
-        assert {"Role", "RoleBinding", "KopfPeering"} <= set(kinds)
-    if variant == "ha-cluster-wide":
-        assert "ClusterKopfPeering" in kinds
+        assert ("Role", f"{release}-disagg-operator") in roles, "the watched namespace's Role"
 
 
 def test_install_yaml_is_the_rendered_chart(helm: Helm) -> None:
@@ -339,25 +371,56 @@ def test_install_yaml_is_the_rendered_chart(helm: Helm) -> None:
     assert rendered == INSTALL.read_text(), "manifests/install.yaml is stale: run make manifests"
 
 
+def test_the_settings_configmap_loads_into_the_operator_settings(helm: Helm, tmp_path: Path) -> None:
+    """Every settings value reaches the operator, nested ones included (whatever key style the loader takes)."""
+    from disagg.settings import load_settings
+
+    rendered = helm.run(
+        "template", "cfg", str(CHART), "--show-only", "templates/configmap.yaml",
+        "--set", "settings.metricNames.prefillQueue=queue_custom",
+        "--set", "settings.metricNames.decodeKvCache=kv_custom",
+        "--set", "settings.topologyLabels.rack=nvidia.com/gpu.clique",
+        "--set", "settings.prometheusUrl=http://prometheus.monitoring.svc:9090",
+        "--set", "settings.resyncSeconds=30",
+        "--set", "settings.inferencePool=true",
+    ).stdout  # fmt: skip
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_load(rendered)["data"]["settings.yaml"])
+    loaded = load_settings({"DISAGG_SETTINGS_FILE": str(path)})
+    assert loaded.metric_names.prefill_queue == "queue_custom"
+    assert loaded.metric_names.decode_kv_cache == "kv_custom"
+    assert loaded.topology_labels["rack"] == "nvidia.com/gpu.clique"
+    assert loaded.prometheus_url == "http://prometheus.monitoring.svc:9090"
+    assert loaded.resync_seconds == 30
+    assert loaded.inference_pool is True
+
+
 # -- helm install / upgrade / uninstall -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced"])
+@pytest.mark.parametrize("scope", ["cluster-wide", "namespaced", "ha-namespaced"])
 def test_helm_install_operator_runs_with_chart_rbac_and_uninstall_leaves_nothing(
     kubectl: Kubectl, helm: Helm, namespace: str, scope: str, tmp_path: Path
 ) -> None:
-    """The chart's ServiceAccount is enough to bring a model to Ready, and no more than needed."""
+    """The chart's ServiceAccount is enough to bring a model to Ready, and no more than needed.
+
+    ``ha-namespaced``: two replicas, so leader election on the Lease in the release namespace (a
+    namespace the operator does not watch): the local process must win it with the chart's Role.
+    """
     models = new_namespace(kubectl, "dlv-models")
     release = f"dlv-{uuid.uuid4().hex[:5]}"
     restricted_namespace(kubectl, namespace)
-    extra = ["--set", f"watchNamespaces={{{models}}}"] if scope == "namespaced" else []
+    ha = scope.startswith("ha-")
+    extra = ["--set", f"watchNamespaces={{{models}}}"] if scope.endswith("namespaced") else []
+    extra += ["--set", "replicas=2"] if ha else []
     try:
         helm.run("install", release, str(CHART), "-n", namespace, "--wait", "--timeout", "90s", *extra)
         deployment = f"{release}-disagg-operator"
         dep = kubectl.get("deployment", deployment, namespace)
         assert dep is not None
-        assert dep["status"].get("availableReplicas") == 1, "the pod was admitted under pod security restricted"
-        assert dep["spec"]["strategy"]["type"] == "Recreate"
+        replicas = 2 if ha else 1
+        assert dep["status"].get("availableReplicas") == replicas, "pods admitted under pod security restricted"
+        assert dep["spec"]["strategy"]["type"] == ("RollingUpdate" if ha else "Recreate")
         since = time.time()
         with operator_as_the_chart_runs_it(kubectl, namespace, deployment, tmp_path) as (proc, username):
             sa_config = tmp_path / "sa.kubeconfig"
@@ -371,7 +434,20 @@ def test_helm_install_operator_runs_with_chart_rbac_and_uninstall_leaves_nothing
             assert not can_i(kubectl, sa_config, "escalate", "roles", "-n", models)
             assert not can_i(kubectl, sa_config, "bind", "clusterroles")
             assert not can_i(kubectl, sa_config, "patch", "customresourcedefinitions")
-            if scope == "namespaced":
+            if ha:  # the Lease: in the release namespace, by name, nothing more
+                assert can_i(kubectl, sa_config, "create", "leases.coordination.k8s.io", "-n", namespace)
+                for verb in ("get", "update"):
+                    assert can_i(
+                        kubectl, sa_config, verb, "leases.coordination.k8s.io/disagg-operator", "-n", namespace
+                    )
+                    assert not can_i(kubectl, sa_config, verb, "leases.coordination.k8s.io/other", "-n", namespace)
+                assert not can_i(
+                    kubectl, sa_config, "delete", "leases.coordination.k8s.io/disagg-operator", "-n", namespace
+                )
+            assert not can_i(kubectl, sa_config, "create", "leases.coordination.k8s.io", "-n", models)
+            if not ha:
+                assert not can_i(kubectl, sa_config, "create", "leases.coordination.k8s.io", "-n", namespace)
+            if scope.endswith("namespaced"):
                 assert not can_i(kubectl, sa_config, "list", "deployments", "-A")
                 assert not can_i(kubectl, sa_config, "patch", "deployments", "-n", "default")
             # sufficient: what it does
@@ -392,6 +468,13 @@ def test_helm_install_operator_runs_with_chart_rbac_and_uninstall_leaves_nothing
                 "app.kubernetes.io/managed-by=disagg-operator",
             )
             assert {c["kind"] for c in children} >= {"Deployment", "Role", "RoleBinding", "HorizontalPodAutoscaler"}
+            lease = kubectl.get("lease", "disagg-operator", namespace)
+            if ha:
+                assert lease is not None, "leader election runs on the Lease in the release namespace"
+                assert lease["spec"]["holderIdentity"], lease
+                assert "became leader" in proc.log_tail(400)
+            else:
+                assert lease is None, "one replica: no leader election"
             assert proc.alive()
             log = proc.log_tail(400).lower()
             assert "forbidden" not in log, proc.log_tail(60)

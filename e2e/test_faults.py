@@ -57,6 +57,7 @@ def test_apiserver_restarted_mid_reconcile(
 ) -> None:
     pid = _pid(cluster, "kube-apiserver")
     cmdline = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") if a]
+    cwd = os.readlink(f"/proc/{pid}/cwd")  # kwokctl starts it in the cluster dir: relative paths
     kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), namespace)
     wait_for("the first child", lambda: kubectl.items("deployments", namespace), timeout=60, interval=0.05)
     os.kill(pid, signal.SIGTERM)
@@ -68,7 +69,7 @@ def test_apiserver_restarted_mid_reconcile(
         os.kill(pid, signal.SIGKILL)
     time.sleep(1)
     log = open(Path(cluster.cluster_dir or ".") / "logs" / "kube-apiserver.log", "ab")  # noqa: SIM115
-    restarted = subprocess.Popen(cmdline, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    restarted = subprocess.Popen(cmdline, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     log.close()
     # cluster.sh down stops what the pid file names: keep it pointing at the live apiserver
     (Path(cluster.cluster_dir or ".") / "pids" / "kube-apiserver.pid").write_text(str(restarted.pid))

@@ -6,6 +6,7 @@ e2e/test_delivery.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import tomllib
@@ -21,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "disagg-operator"
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
-PEERING_CRDS = "kopf.dev_peerings.yaml"
 
 
 def copied(source: str) -> str:
@@ -130,25 +130,65 @@ def test_chart_metadata() -> None:
     assert chart["appVersion"] == project["version"]
 
 
+# -- high availability: the operator's Lease, not kopf peering -----------------------------------
+
+
+def chart_text() -> str:
+    parts = [CHART / "values.yaml", CHART / "values.schema.json", *sorted((CHART / "templates").iterdir())]
+    return "\n".join(p.read_text() for p in parts)
+
+
+def test_no_kopf_peering_anywhere_in_the_chart() -> None:
+    """The work queue runs outside kopf's handlers: kopf peering would not stop a standby from acting."""
+    text = chart_text().lower()
+    for word in ("--peering", "kopf.dev", "kopfpeering", "peering.name", "pod_id"):
+        assert word not in text, f"kopf peering remnant in the chart: {word}"
+    assert "peering" not in SCHEMA["properties"]
+    assert "peering" not in VALUES
+
+
+def test_the_chart_names_the_lease_the_operator_elects_on() -> None:
+    from disagg.leader import LeaderElector
+
+    lease = inspect.signature(LeaderElector).parameters["name"].default
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    defined = re.search(r'define "disagg-operator.leaseName" -\}\}\n(\S+)\n', helpers)
+    assert defined, "no disagg-operator.leaseName helper"
+    assert defined.group(1) == lease
+
+
+def test_the_deployment_turns_leader_election_on_only_for_several_replicas() -> None:
+    """DISAGG_LEADER_ELECTION under `if $ha`; POD_NAMESPACE (the Lease's namespace) always."""
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    env = deployment[deployment.index("        env:") : deployment.index("        ports:")]
+    assert re.search(r"- name: POD_NAMESPACE\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: metadata.namespace", env)
+    before = env[: env.index("- name: POD_NAMESPACE")]
+    opened = len(re.findall(r"\{\{-? (if|with|range) ", before))
+    assert opened == before.count("{{- end }}"), "POD_NAMESPACE must not be conditional"
+    ha = re.search(r"\{\{- if \$ha \}\}\n(.*?)\{\{- end \}\}", env, re.S)
+    assert ha, "DISAGG_LEADER_ELECTION must be conditional on replicas > 1"
+    assert re.search(r'- name: DISAGG_LEADER_ELECTION\n\s+value: "1"', ha.group(1))
+    assert env.count("DISAGG_LEADER_ELECTION") == env.count("name: DISAGG_LEADER_ELECTION") == 1
+
+
+def test_the_settings_configmap_keeps_its_keys() -> None:
+    """Older operators convert top-level keys only: nested settings keys stay snake_case."""
+    configmap = (CHART / "templates" / "configmap.yaml").read_text()
+    assert "prefill_queue: {{ $s.metricNames.prefillQueue | quote }}" in configmap
+    assert "decode_kv_cache: {{ $s.metricNames.decodeKvCache | quote }}" in configmap
+
+
 # -- generated copies ---------------------------------------------------------------------------
 
 
 def test_chart_crds_are_the_generated_crds() -> None:
-    """Drift check: `make chart-crds` copies crds/ into the chart; nothing else but kopf's peering CRDs."""
+    """Drift check: `make chart-crds` copies crds/ into the chart, and nothing else is there."""
     sources = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
     assert sources
     for name in sources:
         expected = copied(f"crds/{name}") + (ROOT / "crds" / name).read_text()
         assert (CHART / "crds" / name).read_text() == expected, f"charts crds/{name} is stale: run make chart-crds"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted([*sources, PEERING_CRDS])
-
-
-def test_kopf_peering_crds() -> None:
-    docs = list(yaml.safe_load_all((CHART / "crds" / PEERING_CRDS).read_text()))
-    assert {(d["metadata"]["name"], d["spec"]["scope"]) for d in docs} == {
-        ("clusterkopfpeerings.kopf.dev", "Cluster"),
-        ("kopfpeerings.kopf.dev", "Namespaced"),
-    }
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sources
 
 
 def test_bundled_prometheus_adapter_rules_are_current() -> None:

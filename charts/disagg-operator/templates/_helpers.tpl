@@ -44,9 +44,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* True ("true") when kopf peering is on: more than one replica. */}}
+{{/* True ("true") when leader election is on: more than one replica. */}}
 {{- define "disagg-operator.ha" -}}
 {{- if gt (int .Values.replicas) 1 }}true{{ end }}
+{{- end }}
+
+{{/* The leader-election Lease: fixed in the operator (operator/disagg/leader.py, LeaderElector.name). */}}
+{{- define "disagg-operator.leaseName" -}}
+disagg-operator
 {{- end }}
 
 {{/*
