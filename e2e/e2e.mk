@@ -2,10 +2,12 @@
 # Everything is delegated to the scripts next to this file (see e2e/README.md).
 DISAGG_E2E_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
-.PHONY: e2e-tools cluster-up cluster-down cluster-status
+.PHONY: e2e-tools cluster-up cluster-down cluster-status bench-scaling
 
-e2e-tools: ## Build/cache the e2e binaries (kube-*, etcd, kwok, helm, prometheus-adapter, llm-d-inference-sim)
+e2e-tools: ## Build/cache the e2e binaries (kube-*, etcd, kwok, helm, prometheus-adapter, llm-d-inference-sim), Prometheus, KEDA CRD
 	bash $(DISAGG_E2E_DIR)/tools.sh
+	bash $(DISAGG_E2E_DIR)/ensure-prometheus.sh
+	bash $(DISAGG_E2E_DIR)/tools.sh --keda-crd >/dev/null
 
 cluster-up: ## Start the local kwok cluster with fake GPU nodes (prints the kubeconfig path)
 	bash $(DISAGG_E2E_DIR)/cluster.sh up
@@ -15,3 +17,6 @@ cluster-down: ## Stop and delete the local kwok cluster
 
 cluster-status: ## Show whether the local kwok cluster is up
 	bash $(DISAGG_E2E_DIR)/cluster.sh status
+
+bench-scaling: $(STAMP) e2e-tools ## Wake latency, load step -> HPA scale-up, operator CPU per loop at 100 models (own cluster, ~6 min)
+	.venv/bin/python bench/scaling.py

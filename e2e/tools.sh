@@ -9,6 +9,8 @@
 #   e2e/tools.sh --env              print KEY=value lines (DISAGG_E2E_BIN_DIR, ...; builds nothing)
 #   e2e/tools.sh --check            exit 0 iff every required binary is present (builds nothing)
 #   e2e/tools.sh --retry-failed     retry optional groups whose earlier build failed
+#   e2e/tools.sh --keda-crd         print the path of KEDA's ScaledObject CRD YAML (KEDA_VERSION),
+#                                   fetched once with `go mod download` (no build)
 #
 # Layout (nothing is written inside the git work tree):
 #   $CACHE = ${DISAGG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/disagg}
@@ -16,6 +18,7 @@
 #   $CACHE/current/<binary>                 symlinks to the versions pinned in versions.env
 #   $CACHE/src/<group>-<version>/           generated wrapper Go modules
 #   $CACHE/logs/<group>-<version>.log       build logs
+#   $CACHE/crds/keda-<version>/             KEDA's CRD YAMLs, copied from its Go module
 # GOMODCACHE and GOCACHE are left at their defaults so they persist between runs.
 #
 # Tunables: DISAGG_TOOLS_JOBS (concurrent go builds, default 2), DISAGG_GO_BUILD_P (go build -p,
@@ -231,6 +234,26 @@ build_llm-d-inference-sim() {
     "${LLMD_INFERENCE_SIM_VERSION}" github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim
 }
 
+# KEDA's CRDs live in its Go module (config/crd/bases): `go mod download -json MODULE@VERSION`
+# gives the module directory (an explicit version never asks the proxy for the version list).
+# Copied under $CACHE so later runs need neither go nor the module cache.
+keda_crd() {
+  local dest="${CACHE}/crds/keda-${KEDA_VERSION}" file="keda.sh_scaledobjects.yaml" dir tmp
+  if [[ ! -f "${dest}/${file}" ]]; then
+    command -v go >/dev/null || die "go is not on PATH (needed to fetch github.com/kedacore/keda/v2@${KEDA_VERSION})"
+    mkdir -p "${CACHE}/crds"
+    # outside any go.mod, so the download does not touch a module of ours
+    dir="$(cd "${CACHE}/crds" && GOFLAGS=-mod=mod mod_field Dir "github.com/kedacore/keda/v2@${KEDA_VERSION}")"
+    [[ -f "${dir}/config/crd/bases/${file}" ]] || die "no ${file} in github.com/kedacore/keda/v2@${KEDA_VERSION} (${dir:-download failed})"
+    tmp="$(mktemp -d "${CACHE}/crds/.keda-${KEDA_VERSION}.XXXXXX")"
+    cp "${dir}"/config/crd/bases/*.yaml "${tmp}/"
+    chmod u+w "${tmp}"/*.yaml
+    rm -rf "${dest}"
+    mv "${tmp}" "${dest}"
+  fi
+  echo "${dest}/${file}"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 # build_group GROUP -> 0 ok, 1 failed. Output goes to the group's log file.
@@ -306,8 +329,9 @@ main() {
         local g missing=0
         for g in "${REQUIRED_GROUPS[@]}"; do group_present "$g" || { log "missing: ${g} $(group_version "$g")"; missing=1; }; done
         return ${missing} ;;
+      --keda-crd) mkdir -p "${CACHE}"; keda_crd; return 0 ;;
       --retry-failed) retry_failed=1 ;;
-      -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
+      -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
       -*) die "unknown option $a" ;;
       *) group_version "$a" >/dev/null; groups+=("$a"); explicit=1 ;;
     esac
