@@ -149,6 +149,12 @@ componentsPatches:
   # so audit events tell the controllers apart from the test / operator client
   - key: use-service-account-credentials
     value: "true"
+# A single scheduler needs no leader election; with it, an API server restart longer than the
+# renew deadline makes the scheduler exit ("Leaderelection lost") and pods stay Pending.
+- name: kube-scheduler
+  extraArgs:
+  - key: leader-elect
+    value: "false"
 EOF
 }
 

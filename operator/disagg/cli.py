@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         api = load_api_client()
     except ConfigException as exc:
         raise CliError(f"no cluster credentials: {exc} (set KUBECONFIG or run in a pod)") from exc
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     if args.namespace:  # the flag narrows what the resync lists, not only what kopf watches
         settings = settings.model_copy(update={"namespaces": list(args.namespace)})
     handlers.configure(settings, api)
