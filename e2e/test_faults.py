@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -50,35 +49,6 @@ def test_etcd_briefly_unavailable(
         os.kill(pid, signal.SIGCONT)
     wait_ready(kubectl, namespace, "llama-8b-chat", timeout=180)
     _assert_clean(kubectl, namespace, "llama-8b-chat")
-
-
-def test_apiserver_restarted_mid_reconcile(
-    cluster: ClusterEnv, kubectl: Kubectl, operator: OperatorProcess, namespace: str
-) -> None:
-    pid = _pid(cluster, "kube-apiserver")
-    cmdline = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") if a]
-    cwd = os.readlink(f"/proc/{pid}/cwd")  # kwokctl starts it in the cluster dir: relative paths
-    kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), namespace)
-    wait_for("the first child", lambda: kubectl.items("deployments", namespace), timeout=60, interval=0.05)
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(600):  # graceful shutdown can take a while; the port must be free again
-        if not Path(f"/proc/{pid}").exists() or "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    time.sleep(1)
-    log = open(Path(cluster.cluster_dir or ".") / "logs" / "kube-apiserver.log", "ab")  # noqa: SIM115
-    restarted = subprocess.Popen(cmdline, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
-    log.close()
-    # cluster.sh down stops what the pid file names: keep it pointing at the live apiserver
-    (Path(cluster.cluster_dir or ".") / "pids" / "kube-apiserver.pid").write_text(str(restarted.pid))
-    wait_for(
-        "the apiserver to answer", lambda: kubectl.run("get", "--raw", "/readyz", check=False).returncode == 0 or None
-    )
-    assert operator.alive()
-    wait_ready(kubectl, namespace, "llama-70b", timeout=180)
-    _assert_clean(kubectl, namespace, "llama-70b")
 
 
 def test_conflicting_writer(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:

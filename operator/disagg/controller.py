@@ -8,7 +8,9 @@ seen even without events. Keys are (namespace, name); each key is reconciled by 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -48,6 +50,8 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metrics = MetricsSources()
+        self.stats: dict[str, int] = {"reconciles": 0, "writes": 0, "failures": 0}
+        """Counters for benchmarks and logs (not exact under races: plain ints, no lock)."""
         self._leading = leading
         """Set while this replica holds the leader Lease; None: no leader election, always act."""
         self._sleeping: dict[Key, tuple[str, str]] = {}
@@ -85,6 +89,12 @@ class Controller:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self._settings.stats_file:
+            thread = threading.Thread(
+                target=self._stats_loop, args=(self._settings.stats_file,), name="disagg-stats", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,6 +124,13 @@ class Controller:
             if value is not None and value > 0:
                 log.info("%s/%s: router demand %g, waking", key[0], key[1], value)
                 self.trigger(key)
+
+    def _stats_loop(self, path: str) -> None:
+        while not self._stop.wait(1.0):
+            tmp = f"{path}.tmp"
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(self.stats, handle)
+            os.replace(tmp, path)
 
     def resync(self) -> None:
         namespaces: list[str | None] = list(self._settings.namespaces) or [None]
@@ -168,6 +185,7 @@ class Controller:
             self.trigger(key, delay=0.2)
             return
         except Exception as exc:
+            self.stats["failures"] += 1
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
             delay = min(2.0**failures, MAX_BACKOFF)
@@ -177,6 +195,8 @@ class Controller:
             self.trigger(key, delay=delay)
             return
         self._failures.pop(key, None)
+        self.stats["reconciles"] += 1
+        self.stats["writes"] += outcome.writes
         zero = outcome.zero
         if zero is not None and zero.at_zero and zero.url and zero.queries:
             self._sleeping[key] = (zero.url, zero.queries.demand)

@@ -42,6 +42,8 @@ class OperatorSettings(BaseModel):
     field_manager: str = "disagg-operator"
     prefix: str = "disagg.dev"
     """Label/annotation/finalizer prefix under our own domain."""
+    stats_file: str | None = None
+    """Write reconcile counters as JSON to this file every second (benchmarks)."""
     resync_seconds: Annotated[float, Field(gt=0)] = 60.0
     """Period of the level-based resync of every model (placement and drift)."""
     wake_poll_seconds: Annotated[float, Field(gt=0)] = 1.0
@@ -86,6 +88,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
         value = env.get(f"DISAGG_{key.upper()}")
         if value:
             data[key] = value
+    if env.get("DISAGG_STATS_FILE"):
+        data["stats_file"] = env["DISAGG_STATS_FILE"]
     if env.get("DISAGG_WAKE_POLL_SECONDS"):
         data["wake_poll_seconds"] = float(env["DISAGG_WAKE_POLL_SECONDS"])
     if env.get("DISAGG_RESYNC_SECONDS"):
