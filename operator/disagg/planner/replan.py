@@ -83,7 +83,8 @@ def replan(
     """The plan to run until the next interval, and the record of why."""
     ttft_c = _bounded(observed.ttft_ms, running.predicted_ttft_ms)
     itl_c = _bounded(observed.itl_ms, running.predicted_itl_ms)
-    if observed.request_rate is None or observed.request_rate <= 0:
+
+    def unchanged(why: str) -> tuple[Plan, ReplanStatus]:
         record = ReplanStatus(
             time=now,
             observed=observed,
@@ -92,22 +93,15 @@ def replan(
             prefill_floor=previous.prefill_floor if previous else None,
             decode_floor=previous.decode_floor if previous else None,
             disagg_threshold=previous.disagg_threshold if previous else None,
-            decision="no observed traffic: floors unchanged",
+            decision=f"{why}: floors unchanged",
         )
         return apply_floors(running, record), record
+
+    if observed.request_rate is None or observed.request_rate <= 0:
+        return unchanged("no observed traffic")
     fresh = planner(corrected_spec(spec, observed, ttft_c, itl_c))
     if fresh is None or fresh.mode != running.mode:
-        record = ReplanStatus(
-            time=now,
-            observed=observed,
-            ttft_correction=ttft_c,
-            itl_correction=itl_c,
-            prefill_floor=previous.prefill_floor if previous else None,
-            decode_floor=previous.decode_floor if previous else None,
-            disagg_threshold=previous.disagg_threshold if previous else None,
-            decision="re-planning failed or would change the serving mode: floors unchanged",
-        )
-        return apply_floors(running, record), record
+        return unchanged("re-planning failed or would change the serving mode")
     prefill = _step(
         running.prefill,
         fresh.prefill,
