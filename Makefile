@@ -60,6 +60,10 @@ demo: $(STAMP) ## the main job: local GPU cluster + operator + Llama-70B sample,
 bench-planner: $(STAMP) ## planner accuracy on the measured runs, and plan latency
 	$(BIN)/python bench/planner_accuracy.py
 
-bench: bench-planner ## every benchmark
+bench-convergence: $(STAMP) ## time to Ready, writes and operator cost for 50/200/500 models (own clusters)
+	$(MAKE) --no-print-directory e2e-tools
+	$(BIN)/python bench/convergence.py
+
+bench: bench-planner bench-scaling bench-convergence ## every benchmark
 
 -include charts/charts.mk

@@ -35,6 +35,11 @@ def test_default_queries_select_the_models_router_and_engines() -> None:
     assert "llama-(prefill|decode|prefill-decode)-.+" in q.busy_window
 
 
+def test_short_idle_windows_sample_more_often() -> None:
+    assert "[20s:5s]" in queries(spec(idleAfter="20s"), namespace="ns", name="m").demand_window
+    assert "[2s:1s]" in queries(spec(idleAfter="2s"), namespace="ns", name="m").busy_window
+
+
 def test_queries_can_be_overridden() -> None:
     q = queries(spec(demandQuery="sum(my_queue)", idleQuery="sum(my_busy)"), namespace="ns", name="m")
     assert q.demand == "sum(my_queue)"

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from disagg.kube import (
 log = logging.getLogger(__name__)
 TIMEOUT = (5.0, 30.0)
 USER_AGENT = f"disagg-operator/{__version__}"
+MISSING_API_RECHECK = 60.0
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -55,7 +57,9 @@ class KubeCluster:
     def __init__(self, api: client.ApiClient, *, field_manager: str) -> None:
         self._api = api
         self._field_manager = field_manager
-        self._missing_apis: set[str] = set()
+        self._missing_apis: dict[str, float] = {}
+        """API versions found not served, with when: re-checked after MISSING_API_RECHECK seconds
+        (a CRD installed later, e.g. KEDA, is noticed without a restart)."""
         self._lock = threading.Lock()
 
     def _call(
@@ -93,13 +97,14 @@ class KubeCluster:
         return json.loads(text) if text else {}
 
     def _list(self, kind: Kind, namespace: str | None = None, **query: str) -> list[dict[str, Any]]:
-        if kind.api_version in self._missing_apis:
+        missing_since = self._missing_apis.get(kind.api_version)
+        if missing_since is not None and time.monotonic() - missing_since < MISSING_API_RECHECK:
             return []
         try:
             result = self._call("GET", kind.path(namespace), query=list(query.items()))
         except NotFoundError:
             with self._lock:
-                self._missing_apis.add(kind.api_version)
+                self._missing_apis[kind.api_version] = time.monotonic()
             log.info("API %s is not served; skipping %s", kind.api_version, kind.kind)
             return []
         items: list[dict[str, Any]] = result.get("items") or []

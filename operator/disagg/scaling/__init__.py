@@ -14,7 +14,13 @@ from enum import StrEnum
 from disagg.api.spec import DisaggregatedModelSpec
 from disagg.api.types import duration_seconds
 
-SUBQUERY_STEP = "15s"
+MAX_SUBQUERY_STEP = 15.0
+
+
+def _step(idle_after: str) -> str:
+    """Subquery resolution: at most 15 s, and at least four samples inside the idle window
+    (a window shorter than one step can hold no sample at all and reads as "no data")."""
+    return f"{max(min(MAX_SUBQUERY_STEP, duration_seconds(idle_after) / 4), 1.0):g}s"
 
 
 class Action(StrEnum):
@@ -48,8 +54,8 @@ def queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str) -> Queri
     window = spec.scale_to_zero.idle_after
     return Queries(
         demand=demand,
-        demand_window=f"max_over_time(({demand})[{window}:{SUBQUERY_STEP}])",
-        busy_window=f"max_over_time(({busy})[{window}:{SUBQUERY_STEP}])",
+        demand_window=f"max_over_time(({demand})[{window}:{_step(window)}])",
+        busy_window=f"max_over_time(({busy})[{window}:{_step(window)}])",
     )
 
 

@@ -1,0 +1,587 @@
+"""Scaling end to end: simulated engine metrics -> Prometheus -> prometheus-adapter -> the real HPA controller,
+and the operator's own scale-to-zero loop reading the same Prometheus.
+
+Load is driven only at the metric sources (llm-d-inference-sim's fake metrics, the router
+stand-in's request counter, see e2e/metrics.py); Deployment replicas are only ever moved by the
+HPA controller and the operator, never by the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, operator_writes, wait_for
+from e2e.metrics import (
+    SCRAPE_INTERVAL_SECONDS,
+    MetricsStack,
+    OwnershipLog,
+    PodMirror,
+    first_visible,
+    scale_writes,
+)
+
+pytestmark = pytest.mark.e2e
+MODEL = "m"
+OPERATOR_AGENTS = ("disagg-operator", "kopf")
+HPA_AGENT = "kube-controller-manager"
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+def _starts(operator: OperatorProcess) -> int:
+    if not operator.log_path.exists():
+        return 0
+    return operator.log_path.read_text(errors="replace").count("disagg operator started")
+
+
+def _restart_operator(
+    operator: OperatorProcess, extra_env: dict[str, str] | None = None, *, kill: bool = False
+) -> None:
+    """Stop (SIGTERM, or SIGKILL with ``kill``) and start again, waiting for the new process to be up."""
+    before = _starts(operator)
+    if kill:
+        operator.kill()
+        assert not operator.alive()
+    else:
+        operator.stop()
+    if extra_env is not None:
+        operator.extra_env = extra_env
+    operator.start()
+    wait_for("the operator to restart", lambda: _starts(operator) > before or None, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def metrics_stack(cluster: ClusterEnv, kubectl: Kubectl) -> Iterator[MetricsStack]:
+    stack = MetricsStack(cluster, kubectl)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        if os.environ.get("DISAGG_E2E_SHOW_LOG"):
+            print(stack.logs())
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def scaling_operator(operator: OperatorProcess, metrics_stack: MetricsStack) -> Iterator[OperatorProcess]:
+    """The session operator (cluster-wide, so no second operator ever sees these namespaces),
+    restarted with DISAGG_PROMETHEUS_URL pointing at the private Prometheus; restored afterwards."""
+    previous = dict(operator.extra_env)
+    _restart_operator(operator, {**previous, "DISAGG_PROMETHEUS_URL": metrics_stack.prometheus.url})
+    try:
+        yield operator
+    finally:
+        _restart_operator(operator, previous)
+
+
+@pytest.fixture
+def mirror(metrics_stack: MetricsStack, namespace: str) -> Iterator[PodMirror]:
+    try:
+        yield metrics_stack.mirror(namespace)
+    finally:
+        metrics_stack.release(namespace)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def scaling_model(
+    *,
+    prefill: tuple[int, int] = (1, 4),
+    decode: tuple[int, int] = (1, 3),
+    idle_after: str | None = None,
+    engine: str = "hpa",
+) -> dict[str, Any]:
+    """A small disaggregated model without a model shape: the spec's replicas and TP are used as given."""
+    spec: dict[str, Any] = {
+        "model": {"name": "e2e/fake-model"},
+        "mode": "disaggregated",
+        "prefill": {
+            "replicas": {"min": prefill[0], "max": prefill[1]},
+            "parallelism": {"tensor": 1},
+            "autoscaling": {"targetWaitingPerPod": 4},
+        },
+        "decode": {
+            "replicas": {"min": decode[0], "max": decode[1]},
+            "parallelism": {"tensor": 1},
+            "autoscaling": {"targetKvCachePercent": 80},
+        },
+        "autoscaling": {"engine": engine, "scaleDownStabilization": "10s"},
+    }
+    if idle_after is not None:
+        spec["scaleToZero"] = {"enabled": True, "idleAfter": idle_after}
+    return {
+        "apiVersion": "disagg.dev/v1alpha1",
+        "kind": "DisaggregatedModel",
+        "metadata": {"name": MODEL},
+        "spec": spec,
+    }
+
+
+def dm(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    body = kubectl.get("disaggregatedmodel", MODEL, namespace)
+    assert body is not None
+    return body
+
+
+def cond(body: dict[str, Any], ctype: str) -> dict[str, Any]:
+    found = next((c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == ctype), None)
+    return found or {}
+
+
+def replicas(kubectl: Kubectl, namespace: str, role: str) -> int:
+    deployment = kubectl.get("deployment", f"{MODEL}-{role}", namespace)
+    assert deployment is not None, f"{MODEL}-{role} missing"
+    return int(deployment["spec"].get("replicas") or 0)
+
+
+def wait_replicas(kubectl: Kubectl, namespace: str, role: str, check: Any, what: str, timeout: float) -> int:
+    def probe() -> int | None:
+        value = replicas(kubectl, namespace, role)
+        return value if check(value) else None
+
+    # 0 is a legitimate answer: wrap it so wait_for sees something truthy
+    return int(wait_for(f"{role} {what}", lambda: (probe(),) if probe() is not None else None, timeout=timeout)[0])
+
+
+def start_model(
+    kubectl: Kubectl, mirror: PodMirror, metrics_stack: MetricsStack, namespace: str, body: dict[str, Any]
+) -> None:
+    """Apply, then wait until every pod has a stand-in that Prometheus scrapes and the adapter serves."""
+    kubectl.apply(body, namespace)
+    floors = {
+        "prefill": body["spec"]["prefill"]["replicas"]["min"],
+        "decode": body["spec"]["decode"]["replicas"]["min"],
+        "router": 1,
+    }
+
+    def mirrored() -> bool:
+        return all(len(mirror.running_pods(role)) >= n for role, n in floors.items())
+
+    wait_for("every pod mirrored by a stand-in", mirrored, timeout=120)
+    mirror.wait_scraped(mirror.running_pods())
+    for role, metric in (("prefill", "vllm_num_requests_waiting"), ("decode", "vllm_kv_cache_usage_perc")):
+        wait_for(
+            f"the adapter to serve {metric}",
+            lambda role=role, metric=metric: (
+                metrics_stack.adapter.metric(namespace, metric, f"disagg.dev/role={role}") or None
+            ),
+            timeout=60,
+        )
+
+
+def events(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in kubectl.items("events", namespace)
+        if (e.get("involvedObject") or {}).get("kind") == "DisaggregatedModel"
+    ]
+
+
+def wait_condition(kubectl: Kubectl, namespace: str, ctype: str, status: str, timeout: float) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        body = dm(kubectl, namespace)
+        return body if cond(body, ctype).get("status") == status else None
+
+    return wait_for(f"{ctype}={status}", probe, timeout=timeout)
+
+
+def wait_at_zero(kubectl: Kubectl, namespace: str, timeout: float = 120) -> dict[str, Any]:
+    body = wait_condition(kubectl, namespace, "ScaledToZero", "True", timeout)
+    wait_replicas(kubectl, namespace, "prefill", lambda v: v == 0, "at 0", 30)
+    wait_replicas(kubectl, namespace, "decode", lambda v: v == 0, "at 0", 30)
+    return body
+
+
+def wake(
+    kubectl: Kubectl, mirror: PodMirror, metrics_stack: MetricsStack, namespace: str, audit_log: str | None
+) -> dict[str, float]:
+    """Bump router demand; wait until both roles are back at their floor. Returns timings (seconds)."""
+    bumped = max(mirror.bump_demand(1).values())
+    bumped_at = time.time()
+    wait_replicas(kubectl, namespace, "prefill", lambda v: v >= 1, "awake", 60)
+    wait_replicas(kubectl, namespace, "decode", lambda v: v >= 1, "awake", 60)
+    observed = time.time()
+    selector = f'inference_objective_request_total{{namespace="{namespace}",pod=~"{MODEL}-router-.+"}}'
+    visible = first_visible(metrics_stack.prometheus, selector, bumped, bumped_at)
+    timings = {"bump_to_observed": observed - bumped_at}
+    writes = scale_writes(audit_log, namespace, bumped_at, OPERATOR_AGENTS)
+    roles_up = {}
+    for when, name, _ in writes:
+        roles_up.setdefault(name, when)
+    if visible is not None and {f"{MODEL}-prefill", f"{MODEL}-decode"} <= set(roles_up):
+        timings["visible_to_scaled"] = max(roles_up.values()) - visible
+        timings["bump_to_scaled"] = max(roles_up.values()) - bumped_at
+    return timings
+
+
+# -- 1. HPA on engine metrics --------------------------------------------------------------------
+
+
+def test_queue_depth_and_kv_use_scale_roles_through_the_hpa(
+    kubectl: Kubectl, scaling_operator: OperatorProcess, metrics_stack: MetricsStack, mirror: PodMirror, namespace: str
+) -> None:
+    start_model(kubectl, mirror, metrics_stack, namespace, scaling_model())
+    assert replicas(kubectl, namespace, "prefill") == 1
+    assert replicas(kubectl, namespace, "decode") == 1
+
+    # 12 queued requests over prefill pods at a target of 4 per pod -> 3 pods
+    step = time.time()
+    mirror.set_load("prefill", waiting=12)
+    assert wait_replicas(kubectl, namespace, "prefill", lambda v: v >= 3, "scaled up to 3", 90) == 3
+    prefill_up = time.time() - step
+    # 2.4 caches' worth of KV blocks at a target of 80 % per pod -> 3 pods
+    step = time.time()
+    mirror.set_load("decode", kv=2.4)
+    assert wait_replicas(kubectl, namespace, "decode", lambda v: v >= 3, "scaled up to 3", 120) == 3
+    decode_up = time.time() - step
+    print(f"\nHPA scale-up after the load step: prefill {prefill_up:.1f}s, decode {decode_up:.1f}s")
+
+    hpa = kubectl.get("hpa", f"{MODEL}-prefill", namespace)
+    assert hpa is not None
+    current = hpa["status"]["currentMetrics"][0]["pods"]
+    assert current["metric"]["name"] == "vllm_num_requests_waiting"
+
+    # load gone: each role steps down one pod, and not before the 10 s stabilisation window
+    low = time.time()
+    mirror.set_load("prefill", waiting=0)
+    mirror.set_load("decode", kv=0)
+    seen: dict[str, tuple[float, int]] = {}
+    deadline = low + 90
+    while time.time() < deadline and len(seen) < 2:
+        for role in ("prefill", "decode"):
+            value = replicas(kubectl, namespace, role)
+            if role not in seen and value < 3:
+                seen[role] = (time.time() - low, value)
+        time.sleep(0.5)
+    assert set(seen) == {"prefill", "decode"}, f"no scale-down within 90s: {seen}"
+    for role, (after, value) in seen.items():
+        # Not necessarily one pod: the HPA's "-1 pod per 120 s" policy counts from the replicas at
+        # the start of the period, and the scale-up a few seconds ago lies inside it, so the HPA
+        # may return straight to the floor (upstream semantics of behavior policies).
+        assert value >= 1, f"{role} went below its floor: {value}"
+        # the HPA saw the old load at most one sync period (5 s) before the drop, plus the 10 s window
+        assert after >= 10 - 5 - SCRAPE_INTERVAL_SECONDS, f"{role} scaled down {after:.1f}s after the drop"
+    print(f"scale-down one step after: {', '.join(f'{r} {t:.1f}s' for r, (t, _) in seen.items())}")
+
+
+# -- 2. scale to zero and back --------------------------------------------------------------------
+
+
+def test_idle_model_sleeps_together_and_router_demand_wakes_both(
+    kubectl: Kubectl,
+    cluster: ClusterEnv,
+    scaling_operator: OperatorProcess,
+    metrics_stack: MetricsStack,
+    mirror: PodMirror,
+    namespace: str,
+) -> None:
+    created = time.time()
+    start_model(
+        kubectl, mirror, metrics_stack, namespace, scaling_model(prefill=(1, 3), decode=(1, 2), idle_after="20s")
+    )
+    body = wait_at_zero(kubectl, namespace, timeout=150)
+    slept = time.time() - created
+    assert slept >= 20, f"slept after {slept:.0f}s, before idleAfter"
+    assert replicas(kubectl, namespace, "router") >= 1
+    assert cond(body, "ScaledToZero")["reason"] == "Idle"
+    # Ready follows once the engine pods are gone: the current generation is available at zero
+    body = wait_condition(kubectl, namespace, "Ready", "True", 30)
+    assert cond(body, "Ready")["reason"] == "ScaledToZero"
+    assert cond(body, "MetricsAvailable")["status"] == "True"
+    roles = {r["name"]: r for r in body["status"]["roles"]}
+    assert roles["prefill"]["desired"] == roles["decode"]["desired"] == 0
+    assert roles["router"]["desired"] >= 1
+    wait_for("the engine stand-ins to go", lambda: not mirror.running_pods("prefill") + mirror.running_pods("decode"))
+    assert mirror.running_pods("router"), "the router must stay up and hold requests"
+    wait_for(
+        "a ScaledToZeroTrue event",
+        lambda: [e for e in events(kubectl, namespace) if e["reason"] == "ScaledToZeroTrue"],
+        timeout=30,
+    )
+    # the HPAs stand aside at zero instead of fighting the operator
+    wait_for(
+        "the HPAs to report ScalingDisabled",
+        lambda: all(
+            cond(kubectl.get("hpa", f"{MODEL}-{r}", namespace) or {}, "ScalingActive").get("reason")
+            == "ScalingDisabled"
+            for r in ("prefill", "decode")
+        ),
+        timeout=30,
+    )
+
+    timings = wake(kubectl, mirror, metrics_stack, namespace, cluster.audit_log)
+    print(f"\nwake: {', '.join(f'{k} {v:.2f}s' for k, v in timings.items())}")
+    assert timings["bump_to_observed"] < 15
+    if "visible_to_scaled" in timings:
+        # acceptance is on the median (bench/scaling.py); one sample gets slack for a loaded machine
+        assert timings["visible_to_scaled"] <= SCRAPE_INTERVAL_SECONDS + 2 + 3, timings
+    body = wait_condition(kubectl, namespace, "ScaledToZero", "False", 30)
+    assert cond(body, "ScaledToZero")["reason"] == "Serving"
+    wait_for(
+        "a ScaledToZeroFalse event",
+        lambda: [e for e in events(kubectl, namespace) if e["reason"] == "ScaledToZeroFalse"],
+        timeout=30,
+    )
+
+    # handed back cleanly: the HPA scales the woken role, and the operator leaves it there
+    wait_for("prefill stand-ins back", lambda: mirror.running_pods("prefill"), timeout=60)
+    mirror.set_load("prefill", waiting=12)
+    wait_replicas(kubectl, namespace, "prefill", lambda v: v >= 3, "scaled up by the HPA after wake", 90)
+    since = time.time()
+    time.sleep(8)  # > 2 resync periods (3 s) and many wake polls
+    assert replicas(kubectl, namespace, "prefill") == 3
+    if cluster.audit_log:
+        assert scale_writes(cluster.audit_log, namespace, since, OPERATOR_AGENTS) == []
+
+
+# -- 3. Prometheus unavailable ----------------------------------------------------------------------
+
+
+def test_prometheus_down_means_no_scale_to_zero_and_says_why(
+    kubectl: Kubectl, scaling_operator: OperatorProcess, metrics_stack: MetricsStack, mirror: PodMirror, namespace: str
+) -> None:
+    mirror.set_load("prefill", running=1)  # busy while Prometheus can still see it
+    start_model(
+        kubectl, mirror, metrics_stack, namespace, scaling_model(prefill=(1, 2), decode=(1, 2), idle_after="20s")
+    )
+    wait_condition(kubectl, namespace, "MetricsAvailable", "True", 90)
+    prometheus = metrics_stack.prometheus
+    prometheus.stop()
+    try:
+        mirror.set_load("prefill", running=0)  # idle now, but nobody can tell
+        body = wait_condition(kubectl, namespace, "MetricsAvailable", "False", 30)
+        metrics = cond(body, "MetricsAvailable")
+        assert metrics["reason"] == "NoData", metrics
+        assert "unreachable" in metrics["message"], metrics
+        down = time.time()
+        while time.time() - down < 20 + 15:  # well past idleAfter
+            assert replicas(kubectl, namespace, "prefill") >= 1
+            assert replicas(kubectl, namespace, "decode") >= 1
+            assert cond(dm(kubectl, namespace), "ScaledToZero")["status"] == "False"
+            time.sleep(1)
+    finally:
+        prometheus.start()
+    restarted = time.time()
+    wait_condition(kubectl, namespace, "MetricsAvailable", "True", 60)
+    wait_at_zero(kubectl, namespace, timeout=120)
+    print(f"\nasleep {time.time() - restarted:.1f}s after Prometheus came back (idleAfter 20s)")
+
+
+# -- 4. operator restart at zero --------------------------------------------------------------------
+
+
+def test_operator_restart_at_zero_stays_consistent_then_wakes(
+    kubectl: Kubectl,
+    cluster: ClusterEnv,
+    scaling_operator: OperatorProcess,
+    metrics_stack: MetricsStack,
+    mirror: PodMirror,
+    namespace: str,
+) -> None:
+    start_model(
+        kubectl, mirror, metrics_stack, namespace, scaling_model(prefill=(2, 3), decode=(1, 2), idle_after="20s")
+    )
+    asleep = wait_at_zero(kubectl, namespace, timeout=150)
+    time.sleep(4)  # let the last status write settle
+    before = dm(kubectl, namespace)
+    since = time.time()
+    _restart_operator(scaling_operator, kill=True)
+    time.sleep(12)  # several resync periods and wake polls
+    assert replicas(kubectl, namespace, "prefill") == 0
+    assert replicas(kubectl, namespace, "decode") == 0
+    assert replicas(kubectl, namespace, "router") >= 1
+    after = dm(kubectl, namespace)
+    for ctype in ("ScaledToZero", "Ready", "MetricsAvailable"):
+        assert cond(after, ctype) == cond(before, ctype), ctype
+    assert cond(after, "ScaledToZero")["lastTransitionTime"] == cond(asleep, "ScaledToZero")["lastTransitionTime"]
+    if cluster.audit_log:
+        writes = [w for w in operator_writes(cluster.audit_log, since) if f"/namespaces/{namespace}/" in w]
+        assert writes == [], f"the restarted operator wrote to a sleeping model: {writes}"
+
+    timings = wake(kubectl, mirror, metrics_stack, namespace, cluster.audit_log)
+    print(f"\nwake after restart: {', '.join(f'{k} {v:.2f}s' for k, v in timings.items())}")
+    assert replicas(kubectl, namespace, "prefill") == 2, "prefill wakes to its floor"
+    wait_condition(kubectl, namespace, "ScaledToZero", "False", 30)
+
+
+# -- 5. no fight, GitOps re-apply is a no-op ---------------------------------------------------------
+
+
+def _children(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    kinds = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings"
+    return kubectl.json(
+        "get", kinds, "-n", namespace, "-l", "app.kubernetes.io/managed-by=disagg-operator", "--show-managed-fields"
+    )["items"]
+
+
+def test_no_field_changes_hands_and_gitops_reapply_changes_nothing(
+    kubectl: Kubectl,
+    cluster: ClusterEnv,
+    scaling_operator: OperatorProcess,
+    metrics_stack: MetricsStack,
+    mirror: PodMirror,
+    namespace: str,
+) -> None:
+    body = scaling_model()
+    start_model(kubectl, mirror, metrics_stack, namespace, body)
+    ownership = OwnershipLog()
+
+    def sample() -> None:
+        for child in _children(kubectl, namespace):
+            ownership.record(f"{child['kind']}/{child['metadata']['name']}", child)
+
+    sample()
+    run_started = time.time()
+    mirror.set_load("prefill", waiting=12)
+    mirror.set_load("decode", kv=2.4)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        sample()
+        if replicas(kubectl, namespace, "prefill") == 3 and replicas(kubectl, namespace, "decode") == 3:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError("the scaling run did not reach 3 + 3 pods")
+    for _ in range(8):  # the steady state after the run
+        sample()
+        time.sleep(1)
+    assert ownership.fights() == []
+    for role in ("prefill", "decode"):
+        # The HPA PUTs the Scale it read back, managedFields included, so its replicas writes leave
+        # no entry of their own (upstream behaviour); what matters is that we never own the field.
+        owners = ownership.owners_of(f"Deployment/{MODEL}-{role}", "/f:spec/f:replicas")
+        assert "disagg-operator" not in owners, f"{role} replicas owned by {owners}"
+        hpa_spec = {
+            m
+            for (name, path), seq in ownership.history.items()
+            if name == f"HorizontalPodAutoscaler/{MODEL}-{role}" and path.startswith("/f:spec")
+            for owners_set in seq
+            for m in owners_set
+        }
+        assert hpa_spec == {"disagg-operator"}, hpa_spec
+    if cluster.audit_log:
+        # spec.replicas moved only through /scale, only by the HPA controller; no operator write to any
+        # Deployment or HPA while the HPA was scaling them
+        writers = {agent.split("/")[0] for _, _, agent in scale_writes(cluster.audit_log, namespace, run_started)}
+        assert writers == {HPA_AGENT}, writers
+        touched = [
+            w
+            for w in operator_writes(cluster.audit_log, run_started)
+            if f"/namespaces/{namespace}/" in w and ("/deployments/" in w or "/horizontalpodautoscalers/" in w)
+        ]
+        assert touched == [], touched
+
+    # GitOps: the same CR applied by another manager (Argo CD) changes nothing downstream
+    time.sleep(4)
+    versions = {
+        f"{c['kind']}/{c['metadata']['name']}": c["metadata"]["resourceVersion"] for c in _children(kubectl, namespace)
+    }
+    generation = dm(kubectl, namespace)["metadata"]["generation"]
+    since = time.time()
+    kubectl.run(
+        "apply",
+        "--server-side",
+        "--field-manager=argocd-controller",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(body),
+    )
+    after_apply = kubectl.get("disaggregatedmodel", MODEL, namespace, managed_fields=True) or {}
+    assert any(m["manager"] == "argocd-controller" for m in after_apply["metadata"].get("managedFields") or [])
+    time.sleep(10)  # > 3 resync periods
+    assert dm(kubectl, namespace)["metadata"]["generation"] == generation
+    now = {
+        f"{c['kind']}/{c['metadata']['name']}": c["metadata"]["resourceVersion"] for c in _children(kubectl, namespace)
+    }
+    changed = {k: (versions.get(k), v) for k, v in now.items() if versions.get(k) != v}
+    assert changed == {}, f"children changed after a no-op re-apply: {changed}"
+    if cluster.audit_log:
+        writes = [w for w in operator_writes(cluster.audit_log, since) if f"/namespaces/{namespace}/" in w]
+        assert writes == [], writes
+
+
+# -- 6. KEDA ScaledObjects against KEDA's real CRD ---------------------------------------------------
+
+
+def _keda_crd() -> Path:
+    out = subprocess.run(
+        ["bash", str(ROOT / "e2e" / "tools.sh"), "--keda-crd"], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert out.returncode == 0, f"tools.sh --keda-crd failed: {out.stderr[-2000:]}"
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def test_keda_scaled_objects_are_accepted_by_the_real_crd(kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
+    crd = _keda_crd()
+    assert crd.name == "keda.sh_scaledobjects.yaml", crd
+    kubectl.run("apply", "--server-side", "-f", str(crd))
+    try:
+        kubectl.run("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+        for variant, idle_after in (("plain", None), ("scale-to-zero", "5m")):
+            body = copy.deepcopy(scaling_model(engine="keda", idle_after=idle_after))
+            body["metadata"]["name"] = f"keda-{variant}"
+            body["spec"]["autoscaling"]["prometheus"] = {"url": "http://prometheus.monitoring.svc:9090"}
+            source = tmp_path / f"{variant}.yaml"
+            source.write_text(yaml.safe_dump(body))
+            rendered = subprocess.run(
+                [sys.executable, "-m", "disagg.cli", "render", "-f", str(source), "-n", namespace],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            scaled = [o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "ScaledObject"]
+            assert {o["metadata"]["name"] for o in scaled} == {f"keda-{variant}-prefill", f"keda-{variant}-decode"}
+            for obj in scaled:
+                result = kubectl.run(
+                    "apply",
+                    "--server-side",
+                    "--dry-run=server",
+                    "--field-manager=disagg-operator",
+                    "-n",
+                    namespace,
+                    "-o",
+                    "json",
+                    "-f",
+                    "-",
+                    stdin=yaml.safe_dump(obj),
+                    check=False,
+                )
+                assert result.returncode == 0, f"{obj['metadata']['name']} rejected: {result.stderr}"
+                accepted = json.loads(result.stdout)
+                # nothing the operator rendered was pruned by the structural schema
+                assert accepted["spec"]["triggers"] == obj["spec"]["triggers"]
+                assert accepted["spec"]["advanced"] == obj["spec"]["advanced"]
+            # and a broken one is rejected, so the dry run really validates
+            broken = copy.deepcopy(scaled[0])
+            broken["spec"]["minReplicaCount"] = "many"
+            result = kubectl.run(
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                stdin=yaml.safe_dump(broken),
+                check=False,
+            )
+            assert result.returncode != 0
+    finally:
+        kubectl.run(
+            "delete", "crd", "scaledobjects.keda.sh", "--ignore-not-found", "--wait=true", check=False, timeout=120
+        )
