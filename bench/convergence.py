@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -146,6 +147,7 @@ def run(n: int) -> dict[str, Any]:
             "peak_rss_mib": round(rss_peak_kib(pid) / 1024, 1),
         }
         operator.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         return result
     finally:
         cluster_down(name)
