@@ -455,6 +455,19 @@ def test_no_field_changes_hands_and_gitops_reapply_changes_nothing(
         time.sleep(1)
     else:
         raise AssertionError("the scaling run did not reach 3 + 3 pods")
+    # Optionally keep the load swinging (down for a minute, up for a minute) for a longer run:
+    # DISAGG_NO_FIGHT_SECONDS=600 gives the 10-minute run; CI keeps the short one.
+    run_seconds = float(os.environ.get("DISAGG_NO_FIGHT_SECONDS", "0"))
+    swings = 0
+    while time.time() < run_started + run_seconds:
+        high = swings % 2 == 1
+        mirror.set_load("prefill", waiting=12 if high else 0)
+        mirror.set_load("decode", kv=2.4 if high else 0.1)
+        swings += 1
+        swing_end = min(time.time() + 60, run_started + run_seconds)
+        while time.time() < swing_end:
+            sample()
+            time.sleep(2)
     for _ in range(8):  # the steady state after the run
         sample()
         time.sleep(1)
