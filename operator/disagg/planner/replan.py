@@ -80,7 +80,10 @@ def replan(
     planner: Callable[[DisaggregatedModelSpec], Plan | None],
     now: str,
 ) -> tuple[Plan, ReplanStatus]:
-    """The plan to run until the next interval, and the record of why."""
+    """The plan to run until the next interval, and the record of why.
+
+    ``running`` is the spec's plan with ``previous``'s floors applied (:func:`apply_floors`).
+    """
     ttft_c = _bounded(observed.ttft_ms, running.predicted_ttft_ms)
     itl_c = _bounded(observed.itl_ms, running.predicted_itl_ms)
 
@@ -102,27 +105,22 @@ def replan(
     fresh = planner(corrected_spec(spec, observed, ttft_c, itl_c))
     if fresh is None or fresh.mode != running.mode:
         return unchanged("re-planning failed or would change the serving mode")
+    # ``running`` already carries the last decision's floors (apply_floors), so its counts are
+    # the current floors: no need to consult ``previous`` again.
+    current_decode = running.decode.replicas if running.decode else None
     prefill = _step(
         running.prefill,
         fresh.prefill,
-        (previous.prefill_floor if previous else None) or running.prefill.replicas,
+        running.prefill.replicas,
         (spec.prefill.replicas.min, spec.prefill.replicas.max),
     )
-    decode = _step(
-        running.decode,
-        fresh.decode,
-        (previous.decode_floor if previous else None) or (running.decode.replicas if running.decode else None),
-        (spec.decode.replicas.min, spec.decode.replicas.max),
-    )
+    decode = _step(running.decode, fresh.decode, current_decode, (spec.decode.replicas.min, spec.decode.replicas.max))
     threshold = running.disagg_threshold if isinstance(spec.router.disagg_threshold, int) else fresh.disagg_threshold
     changes = []
-    old_p = previous.prefill_floor if previous and previous.prefill_floor else running.prefill.replicas
-    if prefill is not None and prefill.replicas != old_p:
-        changes.append(f"prefill floor {old_p} -> {prefill.replicas}")
-    if decode is not None and running.decode is not None:
-        old_d = previous.decode_floor if previous and previous.decode_floor else running.decode.replicas
-        if decode.replicas != old_d:
-            changes.append(f"decode floor {old_d} -> {decode.replicas}")
+    if prefill is not None and prefill.replicas != running.prefill.replicas:
+        changes.append(f"prefill floor {running.prefill.replicas} -> {prefill.replicas}")
+    if decode is not None and current_decode is not None and decode.replicas != current_decode:
+        changes.append(f"decode floor {current_decode} -> {decode.replicas}")
     if threshold != running.disagg_threshold:
         changes.append(f"router threshold {running.disagg_threshold} -> {threshold}")
     record = ReplanStatus(
