@@ -188,7 +188,7 @@ def _zero_state(
         return ZeroState(enabled=False)
     marker = condition(previous.conditions, ConditionType.SCALED_TO_ZERO.value)
     at_zero = marker is not None and marker.status == "True"
-    url = spec.autoscaling.prometheus.url or settings.prometheus_url
+    url = settings.prometheus_for(spec.autoscaling.prometheus.url)
     model_queries = queries(spec, namespace=meta["namespace"], name=meta["name"])
     if url is None or metrics is None:
         why = "no Prometheus URL (spec.autoscaling.prometheus.url or the operator's prometheusUrl)"
@@ -223,7 +223,7 @@ def _replanned(
     if last is not None:
         then, current = _parse_time(last.time), _parse_time(now)
         due = then is None or current is None or current - then >= duration_seconds(spec.planner.replan.interval)
-    url = spec.autoscaling.prometheus.url or settings.prometheus_url
+    url = settings.prometheus_for(spec.autoscaling.prometheus.url)
     if not due or url is None or metrics is None:
         return apply_floors(plan, last), last
     observed = metrics(url).workload(workload_queries(spec, namespace=meta["namespace"], name=meta["name"]))

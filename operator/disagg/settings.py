@@ -58,6 +58,10 @@ class OperatorSettings(BaseModel):
     inference_pool: bool = False
     """Render a Gateway API Inference Extension InferencePool per model (needs its CRD installed)."""
 
+    def prometheus_for(self, spec_url: str | None) -> str | None:
+        """The Prometheus a model reads: its own ``autoscaling.prometheus.url``, else the operator's."""
+        return spec_url or self.prometheus_url
+
     def manages(self, namespace: str) -> bool:
         """Whether models in ``namespace`` are this operator's to reconcile."""
         if self.namespaces and namespace not in self.namespaces:

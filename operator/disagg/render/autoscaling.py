@@ -164,7 +164,7 @@ def _scaled_object(
     threshold: str,
     metric_type: str,
 ) -> dict[str, Any]:
-    server = spec.autoscaling.prometheus.url or settings.prometheus_url or DEFAULT_PROMETHEUS
+    server = settings.prometheus_for(spec.autoscaling.prometheus.url) or DEFAULT_PROMETHEUS
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
