@@ -158,3 +158,14 @@ def test_errors_are_value_errors(argv: list[str], message: str) -> None:
     args = parser.parse_args(argv)
     with pytest.raises(ValueError, match=message):
         args.func(args)
+
+
+def test_simulate_draws_the_crossover_chart(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    chart = tmp_path / "crossover.png"
+    argv = ["simulate", "--model", "llama-3.1-8b", "--isl", "2048", "--osl", "128", "--rate", "10"]
+    argv += ["--ttft", "500ms", "--itl", "30ms", "--requests", "300", "--json", "--chart", str(chart)]
+    data = json.loads(run(argv, capsys))
+    assert data["chart"] == str(chart)
+    png = chart.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 10_000  # two panels with lines and legends, not an empty canvas
