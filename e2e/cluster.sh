@@ -10,6 +10,9 @@
 #   e2e/cluster.sh kubeconfig  print the kubeconfig path
 #   e2e/cluster.sh audit-log   print the audit log path
 #   e2e/cluster.sh env         print KEY=value lines (KUBECONFIG, DISAGG_E2E_AUDIT_LOG, ...)
+#   e2e/cluster.sh restart COMPONENT [DOWN_SECONDS]
+#                              stop one control-plane process (kube-apiserver, etcd, ...), keep
+#                              it down DOWN_SECONDS (default 0), start it again as kwokctl did
 #
 # Environment:
 #   DISAGG_CLUSTER_NAME     cluster name (default: disagg)
@@ -327,6 +330,43 @@ cmd_down() {
   log "cluster '${NAME}' deleted"
 }
 
+# Stop one component and start it again with the argv, working directory and log kwokctl gave it
+# (kwokctl has no per-component restart). The pid file follows the new process, so `down` and
+# `status` keep working.
+cmd_restart() {
+  local comp="${1:-}" down="${2:-0}" f pid cwd newpid
+  [[ "${comp}" =~ ^[a-z-]+$ ]] || die "usage: cluster.sh restart COMPONENT [DOWN_SECONDS]"
+  [[ "${down}" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "DOWN_SECONDS must be a number, got '${down}'"
+  f="${CLUSTER_DIR}/pids/${comp}.pid"
+  [[ -f "$f" ]] || die "no component '${comp}' in cluster '${NAME}' (no ${f})"
+  pid="$(tr -dc '0-9' <"$f")"
+  pid_alive "${pid}" || die "${comp} (pid ${pid}) is not running"
+  local argv=()
+  mapfile -d '' -t argv <"/proc/${pid}/cmdline"
+  cwd="$(readlink "/proc/${pid}/cwd")"
+  [[ "${argv[0]}" == "${CLUSTER_DIR}/"* ]] || die "pid ${pid} is not this cluster's ${comp}"
+  kill -TERM "${pid}"
+  local i
+  # kube-apiserver stops serving within a second of SIGTERM but can linger far longer in its
+  # shutdown hooks; after 10 s it is killed (a crash is as fair a restart as a clean stop)
+  for i in $(seq 1 100); do pid_alive "${pid}" || break; sleep 0.1; done
+  if pid_alive "${pid}"; then
+    kill -KILL "${pid}" 2>/dev/null || true
+    for i in $(seq 1 50); do pid_alive "${pid}" || break; sleep 0.1; done
+  fi
+  sleep "${down}"
+  # exec keeps the pid; stdin/stdout/stderr detached so whoever called us does not wait on it
+  ( cd "${cwd}" && exec "${argv[@]}" ) </dev/null >>"${CLUSTER_DIR}/logs/${comp}.log" 2>&1 8>&- &
+  newpid=$!
+  disown "${newpid}" 2>/dev/null || true
+  printf '%s' "${newpid}" >"$f"
+  if [[ "${comp}" == kube-apiserver ]]; then
+    wait_for "apiserver ready after restart" 120 apiserver_ready
+  fi
+  pid_alive "${newpid}" || die "${comp} exited right after restart (log: ${CLUSTER_DIR}/logs/${comp}.log)"
+  log "${comp} restarted (pid ${pid} -> ${newpid})"
+}
+
 cmd_status() {
   ensure_tools
   if ! is_up; then
@@ -356,6 +396,7 @@ case "${1:-}" in
   kubeconfig) echo "${KUBECONFIG_PATH}" ;;
   audit-log) echo "${AUDIT_LOG}" ;;
   env) cmd_env ;;
-  -h|--help|help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
-  *) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  restart) ensure_tools; cmd_restart "${2:-}" "${3:-0}" ;;
+  -h|--help|help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+  *) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

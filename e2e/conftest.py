@@ -19,8 +19,13 @@ from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, cluster_down
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterEnv]:
     if os.environ.get("DISAGG_E2E_CLUSTER") == "existing":
+        # `e2e/cluster.sh env` also names a local cluster's state dir: fault tests can then run too
         yield ClusterEnv(
-            os.environ["KUBECONFIG"], os.environ.get("DISAGG_E2E_BIN_DIR"), os.environ.get("DISAGG_E2E_AUDIT_LOG"), None
+            os.environ["KUBECONFIG"],
+            os.environ.get("DISAGG_E2E_BIN_DIR"),
+            os.environ.get("DISAGG_E2E_AUDIT_LOG"),
+            os.environ.get("DISAGG_CLUSTER_NAME"),
+            os.environ.get("DISAGG_E2E_CLUSTER_DIR"),
         )
         return
     name = f"e2e-{uuid.uuid4().hex[:6]}"

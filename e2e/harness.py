@@ -43,6 +43,17 @@ class ClusterEnv:
         self.cluster_dir = cluster_dir
         """kwokctl's state dir of a private cluster (pids/, logs/); None for an existing cluster."""
 
+    def restart_component(self, component: str, down_seconds: float = 0) -> None:
+        """Stop one control-plane process, keep it down a while, start it again (``cluster.sh restart``)."""
+        if not (self.cluster_dir and self.name):
+            raise RuntimeError("restarting components needs the private local cluster")
+        subprocess.run(
+            ["bash", str(CLUSTER_SH), "restart", component, f"{down_seconds:g}"],
+            env={**os.environ, "DISAGG_CLUSTER_NAME": self.name},
+            check=True,
+            timeout=240,
+        )
+
     @property
     def kubectl_path(self) -> str:
         if self.bin_dir and (Path(self.bin_dir) / "kubectl").exists():

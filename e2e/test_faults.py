@@ -51,6 +51,23 @@ def test_etcd_briefly_unavailable(
     _assert_clean(kubectl, namespace, "llama-8b-chat")
 
 
+def test_apiserver_restarted_mid_reconcile(
+    cluster: ClusterEnv, kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    if not cluster.cluster_dir:
+        pytest.skip("needs the private local cluster (process control)")
+    kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), namespace)
+    wait_for("the first child", lambda: kubectl.items("deployments", namespace), timeout=60, interval=0.05)
+    cluster.restart_component("kube-apiserver", down_seconds=5)
+    assert operator.alive(), operator.log_tail()
+    ready = wait_ready(kubectl, namespace, "llama-70b", timeout=180)
+    _assert_clean(kubectl, namespace, "llama-70b")
+    plan = ready["status"]["plan"]
+    roles = {r["name"]: r for r in ready["status"]["roles"]}
+    for role in ("prefill", "decode"):  # nothing scaled down because of the outage
+        assert roles[role]["ready"] == roles[role]["desired"] >= plan[role]["replicas"] >= 1, roles[role]
+
+
 def test_conflicting_writer(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
     kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), namespace)
     stop = threading.Event()

@@ -138,6 +138,17 @@ def test_idle_model_sleeps_together_and_wakes_on_router_demand() -> None:
     assert conditions(cluster)["ScaledToZero"]["status"] == "False"
 
 
+def test_never_sleeps_before_the_whole_idle_window_has_passed() -> None:
+    """Timestamps have whole seconds: 15m after a creation stamped 00:00:00 may be 14m59.x s later."""
+    cluster, metrics = MemoryCluster(), FakeMetrics()
+    cluster.add_model(zero_model())
+    run(cluster, metrics, "2026-11-28T00:00:00Z")  # awake since the creation stamp
+    cluster.roll_out()
+    assert run(cluster, metrics, "2026-11-28T00:15:00Z").scaled == []
+    assert replicas(cluster, "llama-70b-prefill") == 5
+    assert len(run(cluster, metrics, "2026-11-28T00:15:01Z").scaled) == 2
+
+
 def test_missing_metrics_never_scale_to_zero() -> None:
     cluster, metrics = MemoryCluster(), FakeMetrics()
     cluster.add_model(zero_model())

@@ -196,7 +196,9 @@ def _zero_state(
         return ZeroState(enabled=True, at_zero=at_zero, decision=decision, queries=model_queries, url=url)
     since = _parse_time(marker.last_transition_time if marker is not None else meta.get("creationTimestamp"))
     current = _parse_time(now)
-    awake_for = (current - since) if (since is not None and current is not None) else 0.0
+    # Kubernetes timestamps carry whole seconds: the model may have woken up to 1 s after `since`,
+    # so count from the latest moment it could have been and never sleep before the window is over.
+    awake_for = (current - since - 1.0) if (since is not None and current is not None) else 0.0
     signals = metrics(url).signals(model_queries, at_zero=at_zero)
     decision = decide(spec, at_zero=at_zero, signals=signals, awake_for_seconds=awake_for)
     if decision.action == Action.SLEEP:
