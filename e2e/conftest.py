@@ -72,6 +72,17 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
         kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=90s", check=False, timeout=120)
 
 
+@pytest.fixture
+def private_namespace(kubectl: Kubectl) -> Iterator[str]:
+    """A namespace the session operator leaves alone (``op-*``), for tests that run operators of their own."""
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    kubectl.run("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=90s", check=False, timeout=120)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:

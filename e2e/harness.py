@@ -191,6 +191,18 @@ class OperatorProcess:
         )
         log.close()
 
+    @classmethod
+    def for_namespace(
+        cls, env: ClusterEnv, namespace: str, log_path: Path, extra_env: dict[str, str] | None = None
+    ) -> OperatorProcess:
+        """An operator of a test's own that watches only ``namespace`` (an ``op-*`` one)."""
+        scoped = {"DISAGG_NAMESPACES": namespace, "DISAGG_EXCLUDE_NAMESPACES": "", **(extra_env or {})}
+        return cls(env, log_path, extra_env=scoped)
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started)."""
+        return None if self.proc is None else self.proc.poll()
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,40 +13,23 @@ from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, wait_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def ha_namespace(kubectl: Kubectl) -> Iterator[str]:
-    name = f"op-ha-{uuid.uuid4().hex[:6]}"  # op-*: the session operator leaves it alone
-    kubectl.run("create", "namespace", name)
-    try:
-        yield name
-    finally:
-        kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=90s", check=False, timeout=120)
-
-
 def _replica(cluster: ClusterEnv, namespace: str, log: Path) -> OperatorProcess:
-    proc = OperatorProcess(
-        cluster,
-        log,
-        extra_env={
-            "DISAGG_LEADER_ELECTION": "1",
-            "DISAGG_LEADER_NAMESPACE": namespace,
-            "DISAGG_NAMESPACES": namespace,
-            "DISAGG_EXCLUDE_NAMESPACES": "",
-        },
-    )
+    election = {"DISAGG_LEADER_ELECTION": "1", "DISAGG_LEADER_NAMESPACE": namespace}
+    proc = OperatorProcess.for_namespace(cluster, namespace, log, election)
     proc.start()
     return proc
 
 
 def test_one_replica_acts_and_a_killed_leader_hands_over(
-    cluster: ClusterEnv, kubectl: Kubectl, ha_namespace: str, tmp_path: Path
+    cluster: ClusterEnv, kubectl: Kubectl, private_namespace: str, tmp_path: Path
 ) -> None:
-    a = _replica(cluster, ha_namespace, tmp_path / "a.log")
-    b = _replica(cluster, ha_namespace, tmp_path / "b.log")
+    ns = private_namespace
+    a = _replica(cluster, ns, tmp_path / "a.log")
+    b = _replica(cluster, ns, tmp_path / "b.log")
     try:
         lease = wait_for(
             "a leader",
-            lambda: (kubectl.get("lease", "disagg-operator", ha_namespace) or {}).get("spec", {}).get("holderIdentity"),
+            lambda: (kubectl.get("lease", "disagg-operator", ns) or {}).get("spec", {}).get("holderIdentity"),
             timeout=60,
         )
         wait_for("the leader to log it", lambda: ("became leader" in a.log_tail(500) + b.log_tail(500)) or None)
@@ -56,10 +37,10 @@ def test_one_replica_acts_and_a_killed_leader_hands_over(
         assert "became leader" not in standby.log_tail(500)
 
         body = yaml.safe_load((ROOT / "manifests/samples/llama-8b-aggregated.yaml").read_text())
-        kubectl.apply(body, ha_namespace)
+        kubectl.apply(body, ns)
 
         def ready(generation: int) -> bool:
-            dm = kubectl.get("dm", "llama-8b-chat", ha_namespace) or {}
+            dm = kubectl.get("dm", "llama-8b-chat", ns) or {}
             conds = {c["type"]: c["status"] for c in dm.get("status", {}).get("conditions", [])}
             return dm.get("status", {}).get("observedGeneration") == generation and conds.get("Ready") == "True"
 
@@ -69,12 +50,12 @@ def test_one_replica_acts_and_a_killed_leader_hands_over(
 
         leader.kill()
         wait_for("the standby to take over", lambda: ("became leader" in standby.log_tail(500)) or None, timeout=60)
-        new_holder = (kubectl.get("lease", "disagg-operator", ha_namespace) or {})["spec"]["holderIdentity"]
+        new_holder = (kubectl.get("lease", "disagg-operator", ns) or {})["spec"]["holderIdentity"]
         assert new_holder != lease
         body["spec"]["engine"] = {"image": "vllm/vllm-openai:v0.12.0"}
-        kubectl.apply(body, ha_namespace)
+        kubectl.apply(body, ns)
         wait_for("Ready under the new leader", lambda: ready(2) or None, timeout=120)
-        deployment = kubectl.get("deployment", "llama-8b-chat-prefill-decode", ha_namespace)
+        deployment = kubectl.get("deployment", "llama-8b-chat-prefill-decode", ns)
         assert deployment is not None
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "vllm/vllm-openai:v0.12.0"
     finally:

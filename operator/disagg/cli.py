@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -81,11 +82,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from disagg import handlers
-    from disagg.kube.client import load_api_client
+    from disagg.kube.client import FAILPOINT_ENV, load_api_client, parse_failpoint
     from disagg.settings import load_settings
 
     try:
         settings = load_settings()
+        parse_failpoint(os.environ.get(FAILPOINT_ENV))
     except (OSError, ValueError, ValidationError) as exc:
         raise CliError(f"invalid operator settings: {exc}".replace("\n", " ")) from exc
     try:

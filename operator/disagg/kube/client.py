@@ -10,6 +10,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
@@ -38,6 +40,19 @@ log = logging.getLogger(__name__)
 TIMEOUT = (5.0, 30.0)
 USER_AGENT = f"disagg-operator/{__version__}"
 MISSING_API_RECHECK = 60.0
+FAILPOINT_ENV = "DISAGG_FAILPOINT"
+WRITE_PHASES = ("apply", "delete", "scale", "status")
+
+
+def parse_failpoint(text: str | None) -> tuple[str, int] | None:
+    """``PHASE:N`` (e.g. ``delete:1``): a fault-test hook that SIGKILLs the operator right after its
+    N-th successful write of that phase, so every reconcile phase can be interrupted on purpose."""
+    if not text:
+        return None
+    phase, _, count = text.partition(":")
+    if phase not in WRITE_PHASES or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{FAILPOINT_ENV} must be PHASE:N with PHASE one of {', '.join(WRITE_PHASES)}, got {text!r}")
+    return phase, int(count)
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -61,6 +76,18 @@ class KubeCluster:
         """API versions found not served, with when: re-checked after MISSING_API_RECHECK seconds
         (a CRD installed later, e.g. KEDA, is noticed without a restart)."""
         self._lock = threading.Lock()
+        self._failpoint = parse_failpoint(os.environ.get(FAILPOINT_ENV))
+        self._writes = dict.fromkeys(WRITE_PHASES, 0)
+
+    def _wrote(self, phase: str) -> None:
+        """Count a successful write; die here if the fault-test failpoint says so."""
+        with self._lock:
+            self._writes[phase] += 1
+            reached = self._failpoint == (phase, self._writes[phase])
+        if reached:
+            log.critical("failpoint %s:%d reached: SIGKILL", phase, self._writes[phase])
+            logging.shutdown()
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _call(
         self,
@@ -130,6 +157,7 @@ class KubeCluster:
             query=[("fieldManager", self._field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+        self._wrote("apply")
         return result
 
     def delete(self, obj: Mapping[str, Any]) -> None:
@@ -144,6 +172,7 @@ class KubeCluster:
                     "preconditions": {"uid": meta["uid"]} if meta.get("uid") else None,
                 },
             )
+            self._wrote("delete")
 
     def scale(self, obj: Mapping[str, Any], replicas: int) -> None:
         """Set replicas through the scale subresource (an Update, as autoscalers do; never in our apply)."""
@@ -156,6 +185,7 @@ class KubeCluster:
             query=[("fieldManager", self._field_manager)],
             content_type="application/merge-patch+json",
         )
+        self._wrote("scale")
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -205,6 +235,7 @@ class KubeCluster:
             query=[("fieldManager", self._field_manager)],
             content_type="application/merge-patch+json",
         )
+        self._wrote("status")
         return result
 
     def event(self, model: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
