@@ -146,12 +146,22 @@ componentsPatches:
   extraArgs:
   - key: horizontal-pod-autoscaler-sync-period
     value: ${HPA_SYNC}
+  # kubelet-like reaction time to a node going NotReady (kwokctl sets 25s): taints and pod
+  # readiness follow within seconds, as on a real cluster
+  - key: node-monitor-period
+    value: 5s
   - key: leader-elect
     value: "false"
   # each controller writes as its own service account (system:serviceaccount:kube-system:X),
   # so audit events tell the controllers apart from the test / operator client
   - key: use-service-account-credentials
     value: "true"
+# Nodes annotated kwok.x-k8s.io/status=custom keep the status a test gives them (e.g. Ready=False,
+# as a kubelet reports when its runtime fails); kwok otherwise resets any node to Ready at once.
+- name: kwok-controller
+  extraArgs:
+  - key: disregard-status-with-annotation-selector
+    value: kwok.x-k8s.io/status=custom
 # A single scheduler needs no leader election; with it, an API server restart longer than the
 # renew deadline makes the scheduler exit ("Leaderelection lost") and pods stay Pending.
 - name: kube-scheduler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -89,14 +90,50 @@ def test_conflicting_writer(kubectl: Kubectl, operator: OperatorProcess, namespa
     _assert_clean(kubectl, namespace, "llama-70b")
 
 
-def test_rack_going_unschedulable_moves_the_model(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+def _node(kubectl: Kubectl, name: str) -> dict[str, Any]:
+    node = kubectl.get("node", name, "default")
+    assert node is not None, f"node {name} is gone"
+    return node
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+
+
+def _set_not_ready(kubectl: Kubectl, node: str) -> None:
+    """What a kubelet reports when its node breaks: Ready=False (kwok keeps its hands off the status)."""
+    kubectl.run("annotate", "node", node, "kwok.x-k8s.io/status=custom", "--overwrite")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    ready = {
+        "type": "Ready",
+        "status": "False",
+        "reason": "KubeletNotReady",
+        "message": "container runtime is down (fault test)",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    }
+    patch = json.dumps({"status": {"conditions": [ready]}})
+    kubectl.run("patch", "node", node, "--subresource=status", "--type=strategic", "-p", patch)
+
+
+@pytest.mark.parametrize("fault", ["cordoned", "not-ready"])
+def test_rack_going_away_moves_the_model(
+    fault: str, cluster: ClusterEnv, kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    """A rack whose nodes are cordoned, or report NotReady (the node lifecycle controller then taints
+    them), has no room any more: placement picks another rack and the model is Ready there."""
+    if fault == "not-ready" and not cluster.cluster_dir:
+        pytest.skip("needs the private local cluster (kwok set to leave annotated node status alone)")
     body = sample("qwen3-32b-rack-packed.yaml")
     kubectl.apply(body, namespace)
     first = wait_ready(kubectl, namespace, "qwen3-32b")["status"]["placement"][0]["domain"]
     rack_nodes = [n for n, rack in node_racks(kubectl).items() if rack == first]
-    for node in rack_nodes:
-        kubectl.run("cordon", node)
     try:
+        for node in rack_nodes:
+            if fault == "cordoned":
+                kubectl.run("cordon", node)
+            else:
+                _set_not_ready(kubectl, node)
 
         def moved() -> Any:
             current = model(kubectl, namespace, "qwen3-32b")
@@ -106,11 +143,25 @@ def test_rack_going_unschedulable_moves_the_model(kubectl: Kubectl, operator: Op
                 node_racks(kubectl).get(p["spec"].get("nodeName", ""), "")
                 for r in ("prefill", "decode")
                 for p in pods(kubectl, namespace, r)
+                if not p["metadata"].get("deletionTimestamp")
             }
             return domain if domain != first and ready == "True" and racks == {domain} else None
 
         second = wait_for("the model to move to a rack with room", moved, timeout=180)
         assert second not in (first, "rack-a")
+        if fault == "not-ready":
+            taints = {t["key"] for n in rack_nodes for t in _node(kubectl, n)["spec"].get("taints", [])}
+            assert "node.kubernetes.io/not-ready" in taints, "the node lifecycle controller never noticed"
+        _assert_clean(kubectl, namespace, "qwen3-32b")
     finally:
         for node in rack_nodes:
-            kubectl.run("uncordon", node, check=False)
+            if fault == "cordoned":
+                kubectl.run("uncordon", node, check=False)
+            else:  # kwok takes the status back and reports Ready again
+                kubectl.run("annotate", "node", node, "kwok.x-k8s.io/status-", check=False)
+        if fault == "not-ready":
+            wait_for(
+                "the rack to be Ready again",
+                lambda: all(_node_ready(_node(kubectl, n)) for n in rack_nodes) or None,
+                timeout=60,
+            )
