@@ -151,6 +151,17 @@ class Kubectl:
             args += ["-n", namespace]
         self.run(*args, stdin=text)
 
+    def dry_run(
+        self, obj: dict[str, Any] | str, namespace: str | None = None, *extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Server-side apply with ``--dry-run=server``: admission, schema and CEL, nothing stored.
+        Not checked: callers assert on acceptance or on the rejection message."""
+        text = obj if isinstance(obj, str) else yaml.safe_dump(obj)
+        args = ["apply", "--server-side", "--dry-run=server", *extra, "-f", "-"]
+        if namespace:
+            args += ["-n", namespace]
+        return self.run(*args, stdin=text, check=False)
+
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""

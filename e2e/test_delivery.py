@@ -320,7 +320,7 @@ def test_helm_template_passes_server_side_dry_run(kubectl: Kubectl, helm: Helm, 
     rendered = helm.run("template", release, str(CHART), "--namespace", namespace, *extra).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     kinds = sorted({d["kind"] for d in docs})
-    result = kubectl.run("apply", "--server-side", "--dry-run=server", "-f", "-", stdin=rendered, check=False)
+    result = kubectl.dry_run(rendered)
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr, result.stderr  # deprecated APIs, pod security
     assert result.stdout.count("serverside-applied (server dry run)") == len(

@@ -79,19 +79,7 @@ def test_api_server_and_operator_agree_on_hostile_specs(kubectl: Kubectl, namesp
         "metadata": {"name": "fuzz"},
         "spec": spec,
     }
-    result = kubectl.run(
-        "apply",
-        "--server-side",
-        "--dry-run=server",
-        "-n",
-        namespace,
-        "-o",
-        "json",
-        "-f",
-        "-",
-        stdin=json.dumps(body),
-        check=False,
-    )
+    result = kubectl.dry_run(json.dumps(body), namespace, "-o", "json")
     if result.returncode != 0:
         message = result.stderr.strip()
         assert message, "rejected without a message"
