@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 from disagg.planner.measured import accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
 from disagg.planner.search import Workload, plan  # noqa: E402
 
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "serving-measurements" / "measured-dev.csv"
+DEFAULT_CSV = ROOT / "data" / "serving-measurements" / "measured-dev.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

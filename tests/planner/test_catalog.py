@@ -18,7 +18,7 @@ from disagg.planner.catalog import (
     preset_names,
 )
 
-CONFIGS = Path(__file__).resolve().parents[3] / "shared" / "data" / "model-configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "data" / "model-configs"
 
 
 @pytest.mark.parametrize("name", ["h100-sxm", "h100_sxm", "H100_SXM", "H100-Sxm", "h100"])
@@ -129,7 +129,6 @@ def test_mla_latent_kv() -> None:
     assert m.shared_experts == 1
 
 
-@pytest.mark.skipif(not CONFIGS.is_dir(), reason="shared model configs not present")
 def test_loader_handles_every_shipped_config() -> None:
     files = sorted(CONFIGS.glob("*.json"))
     assert len(files) == 6
