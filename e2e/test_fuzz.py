@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from disagg.placement import place
 from disagg.planner.resolve import resolve_plan
-from disagg.reconcile import parse_spec, pod_gpus
+from disagg.reconcile import parse_spec, pod_demands
 from disagg.render import ModelRef, render
 from disagg.settings import OperatorSettings
 from e2e.harness import Kubectl
@@ -93,7 +93,9 @@ def test_api_server_and_operator_agree_on_hostile_specs(kubectl: Kubectl, namesp
         return
     plan = resolution.plan
     operator_settings = OperatorSettings()
-    placement = place(parsed.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=operator_settings, previous={})
+    placement = place(
+        parsed.topology, pods=pod_demands(parsed, plan), inventory=None, settings=operator_settings, previous={}
+    )
     for obj in render(ModelRef("fuzz", namespace, "uid"), parsed, plan, operator_settings, placement):
         validate_strict(obj)
         assert len(obj["metadata"]["name"]) <= 63

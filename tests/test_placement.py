@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from disagg.api.spec import TopologySpec
-from disagg.placement import NodeInfo, affinity, choose_domain, node_inventory, place
+from disagg.placement import NodeInfo, PodDemand, Taint, affinity, choose_domain, node_inventory, place, tolerates
 from disagg.settings import OperatorSettings
 
 RACK = "topology.disagg.dev/rack"
@@ -20,8 +20,15 @@ def nodes(spec: dict[str, list[int]]) -> list[NodeInfo]:
     ]
 
 
-def decide(inventory: list[NodeInfo], pods: list[int], previous: str | None = None, required: bool = True) -> Any:
-    return choose_domain(inventory, level="rack", node_label=RACK, pod_gpus=pods, required=required, previous=previous)
+def demands(gpus: list[int]) -> list[PodDemand]:
+    return [PodDemand(gpus=g) for g in gpus]
+
+
+def decide(
+    inventory: list[NodeInfo], pods: list[int] | list[PodDemand], previous: str | None = None, required: bool = True
+) -> Any:
+    wanted = [p if isinstance(p, PodDemand) else PodDemand(gpus=p) for p in pods]
+    return choose_domain(inventory, level="rack", node_label=RACK, pods=wanted, required=required, previous=previous)
 
 
 def test_best_fit_prefers_the_tightest_rack_that_holds_everything() -> None:
@@ -122,7 +129,7 @@ def test_inventory_counts_others_and_ignores_own_and_finished_pods() -> None:
 
 def test_place_offline_requires_the_label_without_a_domain() -> None:
     placement = place(
-        TopologySpec(pack_domain="rack"), pod_gpus=[8], inventory=None, settings=OperatorSettings(), previous={}
+        TopologySpec(pack_domain="rack"), pods=demands([8]), inventory=None, settings=OperatorSettings(), previous={}
     )
     assert placement is not None
     assert placement.required is not None
@@ -136,7 +143,7 @@ def test_preferred_renders_preferences_and_host_follows_siblings() -> None:
     inventory = nodes({"rack-a": [8, 8]})
     placement = place(
         TopologySpec(pack={"required": "rack", "preferred": "host"}),
-        pod_gpus=[8],
+        pods=demands([8]),
         inventory=inventory,
         settings=OperatorSettings(),
         previous={},
@@ -145,7 +152,7 @@ def test_preferred_renders_preferences_and_host_follows_siblings() -> None:
     assert placement.follow_label == "kubernetes.io/hostname"
     preferred = place(
         TopologySpec(pack={"preferred": "rack"}),
-        pod_gpus=[8],
+        pods=demands([8]),
         inventory=inventory,
         settings=OperatorSettings(),
         previous={},
@@ -160,7 +167,70 @@ def test_preferred_renders_preferences_and_host_follows_siblings() -> None:
 
 def test_topology_labels_are_configurable() -> None:
     settings = OperatorSettings(topology_labels={"rack": "nvidia.com/gpu.clique", "host": "kubernetes.io/hostname"})
-    placement = place(TopologySpec(pack_domain="rack"), pod_gpus=[8], inventory=None, settings=settings, previous={})
+    placement = place(
+        TopologySpec(pack_domain="rack"), pods=demands([8]), inventory=None, settings=settings, previous={}
+    )
     assert placement is not None
     assert placement.required is not None
     assert placement.required.node_label == "nvidia.com/gpu.clique"
+
+
+GPU_TAINT = Taint(key="nvidia.com/gpu", value="present", effect="NoSchedule")
+
+
+def _tainted(rack: str, count: int, taint: Taint = GPU_TAINT) -> list[NodeInfo]:
+    return [
+        NodeInfo(name=f"{rack}-{i}", labels={RACK: rack}, allocatable_gpus=8, requested_gpus=0, taints=(taint,))
+        for i in range(count)
+    ]
+
+
+def test_untolerated_taints_keep_a_rack_out_and_the_message_says_why() -> None:
+    inventory = _tainted("rack-a", 4) + nodes({"rack-b": [8, 0, 0, 0]})
+    decision = decide(inventory, [8, 8])
+    assert not decision.fits
+    assert {r.domain: r.free_gpus for r in decision.domains} == {"rack-a": 0, "rack-b": 8}
+    assert "4 node(s) with free GPUs not counted: untolerated taints or nodeSelector" in decision.message
+    tolerant = [PodDemand(gpus=8, tolerations=({"key": "nvidia.com/gpu", "operator": "Exists"},))] * 2
+    assert decide(inventory, tolerant).domain == "rack-a"
+
+
+def test_each_role_is_packed_onto_the_nodes_its_selector_allows() -> None:
+    """Prefill on H100 nodes and decode on H200 nodes of the same rack: a per-pod fit, not a sum."""
+    h100 = {"gpu": "h100"}
+    h200 = {"gpu": "h200"}
+    inventory = [
+        NodeInfo(
+            name=f"a-{i}", labels={RACK: "rack-a", **(h100 if i < 2 else h200)}, allocatable_gpus=8, requested_gpus=0
+        )
+        for i in range(3)
+    ]
+    prefill = [PodDemand(gpus=4, node_selector=h100)] * 4  # 16 GPUs on the two H100 nodes
+    decode = [PodDemand(gpus=8, node_selector=h200)]
+    assert decide(inventory, prefill + decode).fits
+    assert not decide(inventory, [*prefill, PodDemand(gpus=4, node_selector=h100), *decode]).fits
+    assert not decide(inventory, [*prefill, *decode, *decode]).fits
+
+
+def test_toleration_matching_follows_kubernetes() -> None:
+    taint = Taint(key="k", value="v", effect="NoExecute")
+    assert tolerates([{"operator": "Exists"}], taint)  # empty key + Exists tolerates everything
+    assert tolerates([{"key": "k", "operator": "Exists", "effect": "NoExecute"}], taint)
+    assert tolerates([{"key": "k", "value": "v"}], taint)  # operator defaults to Equal
+    assert not tolerates([{"key": "k", "value": "w"}], taint)
+    assert not tolerates([{"key": "k", "operator": "Exists", "effect": "NoSchedule"}], taint)
+    assert not tolerates([{"key": "other", "operator": "Exists"}], taint)
+    assert not tolerates([], taint)
+
+
+def test_inventory_keeps_only_hard_taints() -> None:
+    node = _node("n1", "r")
+    node["spec"] = {
+        "taints": [
+            {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"},
+            {"key": "soft", "effect": "PreferNoSchedule"},
+            {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
+        ]
+    }
+    (info,) = node_inventory([node], [], resource="nvidia.com/gpu", exclude_labels={}, exclude_namespace="x")
+    assert info.taints == (GPU_TAINT, Taint(key="node.kubernetes.io/not-ready", value="", effect="NoExecute"))

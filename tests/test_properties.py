@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from disagg.api.spec import DisaggregatedModelSpec, semantic_errors
 from disagg.placement import place
 from disagg.planner.plan import placeholder_plan
-from disagg.reconcile import pod_gpus
+from disagg.reconcile import pod_demands
 from disagg.render import ModelRef, render
 from disagg.settings import OperatorSettings
 from tests.schema import validate_strict
@@ -90,7 +90,7 @@ def test_every_valid_spec_renders_schema_valid_objects(raw: dict[str, Any], name
     assert semantic_errors(spec) == []
     plan = placeholder_plan(spec)
     settings_ = OperatorSettings()
-    placement = place(spec.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=settings_, previous={})
+    placement = place(spec.topology, pods=pod_demands(spec, plan), inventory=None, settings=settings_, previous={})
     objects = render(ModelRef(name=name, namespace="ns", uid="u"), spec, plan, settings_, placement)
     seen = set()
     for obj in objects:

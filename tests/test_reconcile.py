@@ -233,3 +233,25 @@ def test_planning_failure_is_reported_and_renders_nothing(cluster: MemoryCluster
     assert conds["Planned"]["reason"] == "PlanningFailed"
     assert "tpu-v9" in conds["Planned"]["message"]
     assert conds["Degraded"]["status"] == "True"
+
+
+def test_pod_demands_carry_each_roles_selector_and_tolerations() -> None:
+    from disagg.planner.resolve import resolve_plan
+    from disagg.reconcile import parse_spec, pod_demands
+
+    body = load(LLAMA)
+    body["spec"]["prefill"]["scheduling"] = {"nodeSelector": {"gpu": "h100"}}
+    body["spec"]["decode"]["scheduling"] = {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
+    spec = parse_spec(body["spec"])
+    plan = resolve_plan(spec).plan
+    assert plan is not None
+    assert plan.decode is not None
+    pods = pod_demands(spec, plan)
+    prefill, decode = pods[: plan.prefill.replicas], pods[plan.prefill.replicas :]
+    assert len(decode) == plan.decode.replicas
+    for pod in prefill:
+        assert (pod.gpus, dict(pod.node_selector)) == (plan.prefill.tensor_parallel, {"gpu": "h100"})
+        assert pod.tolerations == ()
+    for pod in decode:
+        assert (pod.gpus, dict(pod.node_selector)) == (plan.decode.tensor_parallel, {})
+        assert pod.tolerations == ({"key": "nvidia.com/gpu", "operator": "Exists"},)

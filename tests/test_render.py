@@ -14,7 +14,7 @@ import yaml
 from disagg.api.spec import DisaggregatedModelSpec
 from disagg.placement import place
 from disagg.planner.resolve import resolve_plan
-from disagg.reconcile import pod_gpus
+from disagg.reconcile import pod_demands
 from disagg.render import ModelRef, render, to_yaml
 from disagg.settings import OperatorSettings
 from tests.conftest import ROOT, SAMPLES, load
@@ -29,7 +29,7 @@ def render_body(body: dict[str, Any], settings: OperatorSettings = SETTINGS) -> 
     plan = resolve_plan(spec).plan
     assert plan is not None
     model = ModelRef(name=body["metadata"]["name"], namespace="default", uid="0000-uid")
-    placement = place(spec.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=settings, previous={})
+    placement = place(spec.topology, pods=pod_demands(spec, plan), inventory=None, settings=settings, previous={})
     return render(model, spec, plan, settings, placement)
 
 

@@ -39,7 +39,7 @@ def _load_models(path: str) -> list[dict[str, Any]]:
 def cmd_render(args: argparse.Namespace) -> int:
     from disagg.placement import place
     from disagg.planner.resolve import resolve_plan
-    from disagg.reconcile import parse_spec, pod_gpus
+    from disagg.reconcile import parse_spec, pod_demands
     from disagg.render import ModelRef, render, to_yaml
     from disagg.settings import load_settings
 
@@ -59,7 +59,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         if resolution.plan is None:
             raise CliError(f"{name}: cannot plan: {resolution.message}")
         plan = resolution.plan
-        placement = place(spec.topology, pod_gpus=pod_gpus(plan), inventory=None, settings=settings, previous={})
+        placement = place(spec.topology, pods=pod_demands(spec, plan), inventory=None, settings=settings, previous={})
         out += render(model, spec, plan, settings, placement)
     sys.stdout.write(to_yaml(out))
     return 0

@@ -15,13 +15,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, semantic_errors
+from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, identity, owned_by
-from disagg.placement import Placement, node_inventory, place
-from disagg.planner.plan import Plan, engine_role_plans
+from disagg.placement import Placement, PodDemand, node_inventory, place
+from disagg.planner.plan import Plan, RolePlan, engine_role_plans
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
 from disagg.render import (
@@ -91,12 +91,22 @@ def _previous_status(body: Mapping[str, Any]) -> DisaggregatedModelStatus:
         return DisaggregatedModelStatus()
 
 
-def pod_gpus(plan: Plan) -> list[int]:
-    """GPUs per engine pod at the planned floor (what a domain must hold)."""
-    gpus = [plan.prefill.tensor_parallel] * plan.prefill.replicas
+def pod_demands(spec: DisaggregatedModelSpec, plan: Plan) -> list[PodDemand]:
+    """The engine pods at the planned floor (what a domain must hold), each with its role's
+    nodeSelector and tolerations, so placement only counts nodes the scheduler would use."""
+
+    def demands(role: EngineRoleSpec, role_plan: RolePlan) -> list[PodDemand]:
+        pod = PodDemand(
+            gpus=role_plan.tensor_parallel,
+            node_selector=dict(role.scheduling.node_selector),
+            tolerations=tuple(t.wire() for t in role.scheduling.tolerations),
+        )
+        return [pod] * role_plan.replicas
+
+    pods = demands(spec.prefill, plan.prefill)
     if plan.decode is not None:
-        gpus += [plan.decode.tensor_parallel] * plan.decode.replicas
-    return gpus
+        pods += demands(spec.decode, plan.decode)
+    return pods
 
 
 def _placement(
@@ -118,7 +128,7 @@ def _placement(
     )
     return place(
         spec.topology,
-        pod_gpus=pod_gpus(plan),
+        pods=pod_demands(spec, plan),
         inventory=inventory,
         settings=settings,
         previous={p.level: p.domain for p in previous.placement},

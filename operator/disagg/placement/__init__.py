@@ -4,7 +4,8 @@ The stock kube-scheduler does the binding; we only choose *which* rack (block, z
 should live in and express it as node affinity, plus a pod-affinity preference so replicas
 added later by an autoscaler follow their siblings. A domain fits when the model's pods can be
 bin-packed (first-fit decreasing) onto its nodes' free GPUs, not merely when the sum is enough:
-an 8-GPU pod needs 8 free GPUs on one node.
+an 8-GPU pod needs 8 free GPUs on one node, on a node it may use (Ready, not cordoned, matching
+its role's nodeSelector, every NoSchedule/NoExecute taint tolerated), as the scheduler would judge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from disagg.settings import OperatorSettings
 
 
 @dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     name: str
     labels: Mapping[str, str]
@@ -27,10 +35,40 @@ class NodeInfo:
     requested_gpus: int
     """GPUs requested by pods on the node that do not belong to the model being placed."""
     schedulable: bool = True
+    taints: tuple[Taint, ...] = ()
+    """NoSchedule and NoExecute taints (PreferNoSchedule never keeps a pod off a node)."""
 
     @property
     def free_gpus(self) -> int:
         return max(self.allocatable_gpus - self.requested_gpus, 0) if self.schedulable else 0
+
+
+def tolerates(tolerations: Sequence[Mapping[str, Any]], taint: Taint) -> bool:
+    """Kubernetes' matching: an empty key with Exists tolerates everything; an empty effect any effect."""
+    for toleration in tolerations:
+        if toleration.get("effect") and toleration["effect"] != taint.effect:
+            continue
+        key = toleration.get("key") or ""
+        if toleration.get("operator") == "Exists":
+            if not key or key == taint.key:
+                return True
+        elif key == taint.key and (toleration.get("value") or "") == taint.value:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class PodDemand:
+    """One engine pod a domain must hold: its GPUs and the role's limits on where it may run."""
+
+    gpus: int
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+    def can_use(self, node: NodeInfo) -> bool:
+        return all(node.labels.get(k) == v for k, v in self.node_selector.items()) and all(
+            tolerates(self.tolerations, t) for t in node.taints
+        )
 
 
 @dataclass(frozen=True)
@@ -69,7 +107,7 @@ class Placement:
 def place(
     topology: TopologySpec,
     *,
-    pod_gpus: Sequence[int],
+    pods: Sequence[PodDemand],
     inventory: Sequence[NodeInfo] | None,
     settings: OperatorSettings,
     previous: Mapping[str, str | None],
@@ -87,14 +125,14 @@ def place(
                 level=level,
                 node_label=label,
                 required=required,
-                gpus_needed=sum(pod_gpus),
+                gpus_needed=sum(p.gpus for p in pods),
                 domain=None,
                 fits=False,
                 gpus_free=0,
                 message=f"{level} chosen by the operator from live node capacity",
             )
         return choose_domain(
-            inventory, level=level, node_label=label, pod_gpus=pod_gpus, required=required, previous=previous.get(level)
+            inventory, level=level, node_label=label, pods=pods, required=required, previous=previous.get(level)
         )
 
     required = decide(required_level.value, True) if required_level is not None else None
@@ -109,16 +147,22 @@ def place(
     return Placement(required=required, preferred=preferred, follow_label=follow)
 
 
-def _pods_fit(pod_gpus: Sequence[int], free_per_node: Iterable[int]) -> bool:
-    bins = sorted(free_per_node, reverse=True)
-    for need in sorted(pod_gpus, reverse=True):
-        for index, free in enumerate(bins):
-            if free >= need:
-                bins[index] = free - need
+def _pods_fit(pods: Sequence[PodDemand], nodes: Sequence[NodeInfo]) -> bool:
+    """First-fit decreasing: largest pods first, each onto the first usable node with room."""
+    order = sorted(nodes, key=lambda n: (-n.free_gpus, n.name))
+    free = [n.free_gpus for n in order]
+    for pod in sorted(pods, key=lambda p: -p.gpus):
+        for index, node in enumerate(order):
+            if free[index] >= pod.gpus and pod.can_use(node):
+                free[index] -= pod.gpus
                 break
         else:
             return False
     return True
+
+
+def _usable_by_some(pods: Sequence[PodDemand], node: NodeInfo) -> bool:
+    return not pods or any(p.can_use(node) for p in pods)
 
 
 def choose_domain(
@@ -126,7 +170,7 @@ def choose_domain(
     *,
     level: str,
     node_label: str,
-    pod_gpus: Sequence[int],
+    pods: Sequence[PodDemand],
     required: bool,
     previous: str | None,
 ) -> PlacementDecision:
@@ -136,15 +180,16 @@ def choose_domain(
         value = node.labels.get(node_label)
         if value:
             by_domain[value].append(node)
-    need = sum(pod_gpus)
+    need = sum(p.gpus for p in pods)
     reports = tuple(
         DomainReport(
             domain=name,
-            free_gpus=sum(n.free_gpus for n in members),
-            fits=_pods_fit(pod_gpus, (n.free_gpus for n in members)),
+            free_gpus=sum(n.free_gpus for n in members if _usable_by_some(pods, n)),
+            fits=_pods_fit(pods, members),
         )
         for name, members in sorted(by_domain.items())
     )
+    barred = sum(1 for n in nodes if n.free_gpus and n.labels.get(node_label) and not _usable_by_some(pods, n))
     summary = ", ".join(f"{r.domain} {r.free_gpus} free" for r in reports) or "none labelled"
     if not reports:
         return PlacementDecision(
@@ -168,6 +213,8 @@ def choose_domain(
         chosen, fits = max(reports, key=lambda r: (r.free_gpus, r.domain)), False
         spill = "pods that do not fit stay Pending" if required else "pods spill over to other domains"
         why = f"no {level} has room for {need} GPUs ({summary}); using {chosen.domain}, {spill}"
+        if barred:
+            why += f"; {barred} node(s) with free GPUs not counted: untolerated taints or nodeSelector"
     if fits:
         # Worded without live free counts so the status (and its writes) stay quiet while we stay put.
         why = f"{level} {chosen.domain} holds the {need} GPUs needed"
@@ -232,6 +279,11 @@ def node_inventory(
             continue
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
         unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
+        taints = tuple(
+            Taint(key=t.get("key") or "", value=t.get("value") or "", effect=t["effect"])
+            for t in (node.get("spec") or {}).get("taints") or []
+            if t.get("effect") in ("NoSchedule", "NoExecute")
+        )
         inventory.append(
             NodeInfo(
                 name=meta.get("name", ""),
@@ -239,6 +291,7 @@ def node_inventory(
                 allocatable_gpus=int(parse_quantity(allocatable)),
                 requested_gpus=used.get(meta.get("name", ""), 0),
                 schedulable=ready and not unschedulable,
+                taints=taints,
             )
         )
     return inventory
