@@ -217,6 +217,38 @@ def test_required_without_room_stays_pending_and_says_why(
     assert cond(model(kubectl, namespace, "too-big"), "Ready")["status"] == "False"  # type: ignore[index]
 
 
+def test_tainted_racks_are_left_out_until_the_roles_tolerate_the_taint(
+    kubectl: Kubectl, operator: OperatorProcess, namespace: str
+) -> None:
+    tainted = [n for n, rack in node_racks(kubectl).items() if rack in ("rack-b", "rack-c")]
+    taint = "disagg.dev/e2e-maintenance=true:NoSchedule"
+    for node in tainted:
+        kubectl.run("taint", "node", node, taint, "--overwrite")
+    try:
+        body = sample("qwen3-32b-rack-packed.yaml")  # 14 GPUs; rack-a has only 8 free
+        kubectl.apply(body, namespace)
+
+        def unsatisfied() -> dict[str, Any] | None:
+            current = model(kubectl, namespace, "qwen3-32b")
+            return current if (cond(current, "TopologySatisfied") or {}).get("status") == "False" else None
+
+        message = cond(wait_for("TopologySatisfied=False", unsatisfied), "TopologySatisfied")["message"]  # type: ignore[index]
+        assert "rack-b 0 free" in message
+        assert "8 node(s) with free GPUs not counted: untolerated taints or nodeSelector" in message
+
+        tolerate = [{"key": "disagg.dev/e2e-maintenance", "operator": "Exists", "effect": "NoSchedule"}]
+        for role in ("prefill", "decode"):
+            body["spec"][role]["scheduling"] = {"tolerations": tolerate}
+        kubectl.apply(body, namespace)
+        ready = wait_ready(kubectl, namespace, "qwen3-32b", generation=2)
+        domain = ready["status"]["placement"][0]["domain"]
+        assert domain in ("rack-b", "rack-c")
+        assert set(_engine_racks(kubectl, namespace).values()) == {domain}
+    finally:
+        for node in tainted:
+            kubectl.run("taint", "node", node, "disagg.dev/e2e-maintenance:NoSchedule-", check=False)
+
+
 def test_preferred_spills_over(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
     kubectl.apply(_packed("spill", prefill=3, decode=2, pack={"pack": {"preferred": "rack"}}), namespace)
     wait_ready(kubectl, namespace, "spill")
