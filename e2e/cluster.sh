@@ -146,8 +146,8 @@ componentsPatches:
   extraArgs:
   - key: horizontal-pod-autoscaler-sync-period
     value: ${HPA_SYNC}
-  # kubelet-like reaction time to a node going NotReady (kwokctl sets 25s): taints and pod
-  # readiness follow within seconds, as on a real cluster
+  # kubelet-like reaction time to a node going NotReady: taints and pod readiness follow within
+  # seconds, as on a real cluster (kwokctl passes --node-monitor-period=25s; the later flag wins)
   - key: node-monitor-period
     value: 5s
   - key: leader-elect
@@ -341,39 +341,53 @@ cmd_down() {
 }
 
 # Stop one component and start it again with the argv, working directory and log kwokctl gave it
-# (kwokctl has no per-component restart). The pid file follows the new process, so `down` and
-# `status` keep working.
+# (kwokctl has no per-component restart), in a session of its own as kwokctl does, so signals
+# meant for the caller (Ctrl-C on pytest) never reach it. The pid file follows the new process, so
+# `down` and `status` keep working. Holds the cluster lock: no `up`/`down` meanwhile.
 cmd_restart() {
-  local comp="${1:-}" down="${2:-0}" f pid cwd newpid
+  local comp="${1:-}" down="${2:-0}" f pid cwd newpid i
   [[ "${comp}" =~ ^[a-z-]+$ ]] || die "usage: cluster.sh restart COMPONENT [DOWN_SECONDS]"
   [[ "${down}" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "DOWN_SECONDS must be a number, got '${down}'"
+  lock_cluster
   f="${CLUSTER_DIR}/pids/${comp}.pid"
   [[ -f "$f" ]] || die "no component '${comp}' in cluster '${NAME}' (no ${f})"
   pid="$(tr -dc '0-9' <"$f")"
   pid_alive "${pid}" || die "${comp} (pid ${pid}) is not running"
   local argv=()
-  mapfile -d '' -t argv <"/proc/${pid}/cmdline"
-  cwd="$(readlink "/proc/${pid}/cwd")"
+  mapfile -d '' -t argv <"/proc/${pid}/cmdline" 2>/dev/null || true
+  cwd="$(readlink "/proc/${pid}/cwd" 2>/dev/null || true)"
+  [[ ${#argv[@]} -gt 0 && -n "${cwd}" ]] || die "${comp} (pid ${pid}) exited while being read"
   [[ "${argv[0]}" == "${CLUSTER_DIR}/"* ]] || die "pid ${pid} is not this cluster's ${comp}"
-  kill -TERM "${pid}"
-  local i
-  # kube-apiserver stops serving within a second of SIGTERM but can linger far longer in its
-  # shutdown hooks; after 10 s it is killed (a crash is as fair a restart as a clean stop)
-  for i in $(seq 1 100); do pid_alive "${pid}" || break; sleep 0.1; done
+  kill -TERM "${pid}" 2>/dev/null || true
+  # kube-apiserver stops serving within a second of SIGTERM but then lingers for 30 s or more
+  # in shutdown hooks: once it no longer answers (or after 10 s) it is SIGKILLed, so the outage
+  # is what the caller asked for, not the length of a graceful shutdown.
+  for i in $(seq 1 100); do
+    pid_alive "${pid}" || break
+    if [[ "${comp}" == kube-apiserver ]] && ! apiserver_ready; then break; fi
+    sleep 0.1
+  done
   if pid_alive "${pid}"; then
     kill -KILL "${pid}" 2>/dev/null || true
     for i in $(seq 1 50); do pid_alive "${pid}" || break; sleep 0.1; done
   fi
+  pid_alive "${pid}" && die "${comp} (pid ${pid}) survived SIGKILL; not starting a second copy"
+  log "${comp} stopped; down for ${down}s"
   sleep "${down}"
-  # exec keeps the pid; stdin/stdout/stderr detached so whoever called us does not wait on it
-  ( cd "${cwd}" && exec "${argv[@]}" ) </dev/null >>"${CLUSTER_DIR}/logs/${comp}.log" 2>&1 8>&- &
+  # a background subshell is no process-group leader, so setsid execs in place: $! is the pid
+  ( cd "${cwd}" && exec setsid "${argv[@]}" ) </dev/null >>"${CLUSTER_DIR}/logs/${comp}.log" 2>&1 8>&- &
   newpid=$!
   disown "${newpid}" 2>/dev/null || true
   printf '%s' "${newpid}" >"$f"
-  if [[ "${comp}" == kube-apiserver ]]; then
-    wait_for "apiserver ready after restart" 120 apiserver_ready
-  fi
-  pid_alive "${newpid}" || die "${comp} exited right after restart (log: ${CLUSTER_DIR}/logs/${comp}.log)"
+  # every component is back when the apiserver is ready (it needs etcd) and the process stayed up
+  for i in $(seq 1 240); do
+    pid_alive "${newpid}" || die "${comp} exited after restart (log: ${CLUSTER_DIR}/logs/${comp}.log)"
+    apiserver_ready && break
+    (( i == 240 )) && die "the apiserver was not ready within 120 s of restarting ${comp}"
+    sleep 0.5
+  done
+  sleep 1
+  pid_alive "${newpid}" || die "${comp} exited after restart (log: ${CLUSTER_DIR}/logs/${comp}.log)"
   log "${comp} restarted (pid ${pid} -> ${newpid})"
 }
 

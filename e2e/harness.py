@@ -43,13 +43,19 @@ class ClusterEnv:
         self.cluster_dir = cluster_dir
         """kwokctl's state dir of a private cluster (pids/, logs/); None for an existing cluster."""
 
+    @property
+    def controls_processes(self) -> bool:
+        """A local cluster whose processes the tests may stop and restart (name and state dir known)."""
+        return bool(self.name and self.cluster_dir and (Path(self.cluster_dir) / "pids").is_dir())
+
     def restart_component(self, component: str, down_seconds: float = 0) -> None:
         """Stop one control-plane process, keep it down a while, start it again (``cluster.sh restart``)."""
-        if not (self.cluster_dir and self.name):
-            raise RuntimeError("restarting components needs the private local cluster")
+        if not (self.controls_processes and self.cluster_dir and self.name):
+            raise RuntimeError("restarting components needs the local cluster's name and state dir")
+        workdir = Path(self.cluster_dir).parent.parent  # <workdir>/clusters/<name>
         subprocess.run(
-            ["bash", str(CLUSTER_SH), "restart", component, f"{down_seconds:g}"],
-            env={**os.environ, "DISAGG_CLUSTER_NAME": self.name},
+            ["bash", str(CLUSTER_SH), "restart", component, f"{down_seconds:.3f}"],
+            env={**os.environ, "DISAGG_CLUSTER_NAME": self.name, "DISAGG_KWOK_WORKDIR": str(workdir)},
             check=True,
             timeout=240,
         )
@@ -152,7 +158,7 @@ class Kubectl:
         self.run(*args, stdin=text)
 
     def dry_run(
-        self, obj: dict[str, Any] | str, namespace: str | None = None, *extra: str
+        self, obj: dict[str, Any] | str, *extra: str, namespace: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Server-side apply with ``--dry-run=server``: admission, schema and CEL, nothing stored.
         Not checked: callers assert on acceptance or on the rejection message."""
@@ -161,6 +167,47 @@ class Kubectl:
         if namespace:
             args += ["-n", namespace]
         return self.run(*args, stdin=text, check=False)
+
+
+CHILD_KINDS = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings"
+MANAGED = "app.kubernetes.io/managed-by=disagg-operator"
+
+
+def model_children(kubectl: Kubectl, namespace: str, name: str, kinds: str = CHILD_KINDS) -> list[dict[str, Any]]:
+    return kubectl.items(kinds, namespace, f"{MANAGED},disagg.dev/model={name}")
+
+
+def assert_clean(kubectl: Kubectl, namespace: str, name: str, *, one_rollout: bool = True) -> dict[str, Any]:
+    """After a fault: no duplicate or orphaned child, status complete and, unless the fault
+    legitimately changed the pod template (a move to another rack), one ReplicaSet per Deployment."""
+    body = kubectl.get("disaggregatedmodel", name, namespace)
+    assert body is not None, f"{namespace}/{name} is gone"
+    uid = body["metadata"]["uid"]
+    children = model_children(kubectl, namespace, name)
+    names = [(c["kind"], c["metadata"]["name"]) for c in children]
+    assert len(names) == len(set(names)), "duplicate children"
+    for child in children:
+        assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [uid], "orphaned child"
+    conditions = {c["type"] for c in body["status"]["conditions"]}
+    assert {"Ready", "Progressing", "Degraded", "Planned"} <= conditions, "status lost"
+    if one_rollout:
+        deployments = [c for c in children if c["kind"] == "Deployment"]
+        replicasets = model_children(kubectl, namespace, name, "replicasets")
+        assert len(replicasets) == len(deployments), [r["metadata"]["name"] for r in replicasets]
+    return body
+
+
+def assert_floors_kept(kubectl: Kubectl, namespace: str, body: dict[str, Any]) -> None:
+    """Every engine Deployment, as the cluster has it, holds at least its planned floor, all ready:
+    nothing was scaled down (or to zero) because of the fault."""
+    name, status = body["metadata"]["name"], body["status"]
+    roles = [("prefill-decode", "prefill")] if status["mode"] == "aggregated" else [("prefill",) * 2, ("decode",) * 2]
+    for role, key in roles:
+        floor = status["plan"][key]["replicas"]
+        deployment = kubectl.get("deployment", f"{name}-{role}", namespace)
+        assert deployment is not None, f"{name}-{role} is gone"
+        assert deployment["spec"]["replicas"] >= floor >= 1, (role, deployment["spec"]["replicas"], floor)
+        assert (deployment["status"].get("readyReplicas") or 0) >= floor, (role, deployment["status"])
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:

@@ -15,12 +15,19 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import ClusterEnv, Kubectl, OperatorProcess, wait_for
-from e2e.test_faults import CHILD_KINDS, _assert_clean
+from e2e.harness import (
+    CHILD_KINDS,
+    MANAGED,
+    ClusterEnv,
+    Kubectl,
+    OperatorProcess,
+    assert_clean,
+    assert_floors_kept,
+    wait_for,
+)
 from e2e.test_operator import sample, wait_ready
 
 pytestmark = pytest.mark.e2e
-MANAGED = "app.kubernetes.io/managed-by=disagg-operator"
 NAME = "llama-70b"
 
 
@@ -52,14 +59,7 @@ def operator_in(cluster: ClusterEnv, namespace: str, log: Path) -> Iterator[Oper
 
 def assert_converged(kubectl: Kubectl, namespace: str, generation: int = 1) -> dict[str, Any]:
     ready = wait_ready(kubectl, namespace, NAME, generation=generation, timeout=180)
-    _assert_clean(kubectl, namespace, NAME)
-    # one ReplicaSet per Deployment: no pod template was rolled twice by the interruption
-    deployments = children(kubectl, namespace, "deployments")
-    assert len(kubectl.items("replicasets", namespace)) == len(deployments)
-    plan = ready["status"]["plan"]
-    for role in ready["status"]["roles"]:
-        if role["name"] in ("prefill", "decode"):
-            assert role["ready"] == role["desired"] >= plan[role["name"]]["replicas"] >= 1, role
+    assert_floors_kept(kubectl, namespace, assert_clean(kubectl, namespace, NAME))
     return ready
 
 
@@ -107,11 +107,13 @@ def test_killed_while_deleting_stale_children(
 def test_killed_after_scaling_a_role(
     cluster: ClusterEnv, kubectl: Kubectl, private_namespace: str, tmp_path: Path
 ) -> None:
-    """Scale-to-zero on, no Prometheus: the operator lifts the roles to their floors through /scale,
-    dies right after the first, and the next one finishes without ever sleeping for lack of data."""
+    """Scale-to-zero on, no Prometheus: the operator lifts both roles from the Deployment default of
+    1 to their floors through /scale, dies right after the first; the next one finishes the job
+    (or finds the HPA did) without ever sleeping for lack of data."""
     ns = private_namespace
     body = sample("llama-3.3-70b-disaggregated.yaml")
     body["spec"]["scaleToZero"] = {"enabled": True, "idleAfter": "1m"}
+    body["spec"]["decode"]["replicas"] = {"min": 2, "max": 3}  # so decode needs lifting too
     kubectl.apply(body, ns)
     crash_at(cluster, ns, tmp_path / "crashed.log", "scale:1")
     assert not (kubectl.get("dm", NAME, ns) or {}).get("status")

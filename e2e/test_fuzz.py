@@ -79,7 +79,7 @@ def test_api_server_and_operator_agree_on_hostile_specs(kubectl: Kubectl, namesp
         "metadata": {"name": "fuzz"},
         "spec": spec,
     }
-    result = kubectl.dry_run(json.dumps(body), namespace, "-o", "json")
+    result = kubectl.dry_run(json.dumps(body), "-o", "json", namespace=namespace)
     if result.returncode != 0:
         message = result.stderr.strip()
         assert message, "rejected without a message"

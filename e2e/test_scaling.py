@@ -560,7 +560,7 @@ def test_keda_scaled_objects_are_accepted_by_the_real_crd(kubectl: Kubectl, name
             scaled = [o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "ScaledObject"]
             assert {o["metadata"]["name"] for o in scaled} == {f"keda-{variant}-prefill", f"keda-{variant}-decode"}
             for obj in scaled:
-                result = kubectl.dry_run(obj, namespace, "--field-manager=disagg-operator", "-o", "json")
+                result = kubectl.dry_run(obj, "--field-manager=disagg-operator", "-o", "json", namespace=namespace)
                 assert result.returncode == 0, f"{obj['metadata']['name']} rejected: {result.stderr}"
                 accepted = json.loads(result.stdout)
                 # nothing the operator rendered was pruned by the structural schema
@@ -569,7 +569,7 @@ def test_keda_scaled_objects_are_accepted_by_the_real_crd(kubectl: Kubectl, name
             # and a broken one is rejected, so the dry run really validates
             broken = copy.deepcopy(scaled[0])
             broken["spec"]["minReplicaCount"] = "many"
-            result = kubectl.dry_run(broken, namespace)
+            result = kubectl.dry_run(broken, namespace=namespace)
             assert result.returncode != 0
     finally:
         kubectl.run(

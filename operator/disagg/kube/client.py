@@ -77,15 +77,17 @@ class KubeCluster:
         (a CRD installed later, e.g. KEDA, is noticed without a restart)."""
         self._lock = threading.Lock()
         self._failpoint = parse_failpoint(os.environ.get(FAILPOINT_ENV))
+        if self._failpoint is not None:
+            log.warning("%s is set: this process SIGKILLs itself after write %s:%d", FAILPOINT_ENV, *self._failpoint)
         self._writes = dict.fromkeys(WRITE_PHASES, 0)
 
     def _wrote(self, phase: str) -> None:
         """Count a successful write; die here if the fault-test failpoint says so."""
         with self._lock:
             self._writes[phase] += 1
-            reached = self._failpoint == (phase, self._writes[phase])
-        if reached:
-            log.critical("failpoint %s:%d reached: SIGKILL", phase, self._writes[phase])
+            count = self._writes[phase]
+        if self._failpoint == (phase, count):
+            log.critical("failpoint %s:%d reached: SIGKILL", phase, count)
             logging.shutdown()
             os.kill(os.getpid(), signal.SIGKILL)
 

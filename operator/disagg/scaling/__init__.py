@@ -99,7 +99,7 @@ def decide(
         return Decision(Action.STAY, False, "NoData", f"not scaling to zero without data: {why}")
     if awake_for_seconds < idle_after:
         return Decision(
-            Action.STAY, True, "Warm", f"awake for {awake_for_seconds:.0f}s, idle window is {idle_after:.0f}s"
+            Action.STAY, True, "Warm", f"awake for {max(awake_for_seconds, 0):.0f}s, idle window is {idle_after:.0f}s"
         )
     if signals.demand_window > 0 or signals.busy_window > 0:
         return Decision(Action.STAY, True, "Active", "demand or in-flight work within the idle window")
