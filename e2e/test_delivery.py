@@ -4,10 +4,9 @@ The operator under test runs as a local process (kwok pods run no containers) bu
 chart's ServiceAccount token, the chart's settings ConfigMap and the chart's environment and
 arguments: what it can do is exactly what the chart's RBAC grants.
 
-The session ``operator`` fixture (admin credentials, all namespaces) would reconcile these
-tests' models too; if an earlier test started it, it is paused for each test here and resumed
-afterwards, so every write to a model's children comes from the identity under test (checked in
-the audit log).
+Models live in ``op-*`` namespaces, which the session ``operator`` fixture (admin credentials)
+leaves alone, so every write to a model's children comes from the identity under test (checked
+in the audit log).
 """
 
 from __future__ import annotations
@@ -82,24 +81,6 @@ class Helm:
 @pytest.fixture(scope="module")
 def helm(cluster: ClusterEnv, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     return Helm(cluster, tmp_path_factory.mktemp("helm-home"))
-
-
-@pytest.fixture(autouse=True)
-def _session_operator_paused(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Stop the session-wide admin operator while a delivery test runs, if an earlier test started it."""
-    paused: OperatorProcess | None = None
-    with contextlib.suppress(Exception):  # pytest internals: no operator found means none to pause
-        for fixturedef in request.session._fixturemanager.getfixturedefs("operator", request.node) or ():
-            cached = getattr(fixturedef, "cached_result", None)
-            if cached and isinstance(cached[0], OperatorProcess) and cached[0].alive():
-                paused = cached[0]
-    if paused is not None:
-        paused.stop()
-    try:
-        yield
-    finally:
-        if paused is not None:
-            paused.start()
 
 
 def free_port() -> int:
@@ -407,7 +388,7 @@ def test_helm_install_operator_runs_with_chart_rbac_and_uninstall_leaves_nothing
     ``ha-namespaced``: two replicas, so leader election on the Lease in the release namespace (a
     namespace the operator does not watch): the local process must win it with the chart's Role.
     """
-    models = new_namespace(kubectl, "dlv-models")
+    models = new_namespace(kubectl, "op-dlv-models")
     release = f"dlv-{uuid.uuid4().hex[:5]}"
     restricted_namespace(kubectl, namespace)
     ha = scope.startswith("ha-")
@@ -508,7 +489,7 @@ def test_helm_upgrade_across_a_crd_schema_change(kubectl: Kubectl, helm: Helm, n
     crd = yaml.safe_load(crd_file.read_text())
     del crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["planner"]
     crd_file.write_text(yaml.safe_dump(crd))
-    models = new_namespace(kubectl, "dlv-upgrade")
+    models = new_namespace(kubectl, "op-dlv-upgrade")
     release = f"dlv-{uuid.uuid4().hex[:5]}"
     with_planner = sample(models)
     with_planner["spec"]["planner"] = {"objective": "goodputPerGPU"}
@@ -609,8 +590,11 @@ def versions(kubectl: Kubectl, models: str) -> dict[str, str]:
     return found
 
 
-def test_gitops_reapply_of_the_same_state_changes_nothing(kubectl: Kubectl, namespace: str, tmp_path: Path) -> None:
+def test_gitops_reapply_of_the_same_state_changes_nothing(
+    kubectl: Kubectl, private_namespace: str, tmp_path: Path
+) -> None:
     """Argo CD's server-side apply of Git, the operator and an autoscaler act, Argo CD re-applies."""
+    namespace = private_namespace
     state = git_state(namespace)
     argo_apply = ("apply", "--server-side", f"--field-manager={ARGOCD}", "-f", "-")
     try:
