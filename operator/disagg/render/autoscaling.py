@@ -92,26 +92,11 @@ def engine_scaler(
         if decode
         else str(role_spec.autoscaling.target_waiting_per_pod)
     )
-    return {
-        "apiVersion": "autoscaling/v2",
-        "kind": "HorizontalPodAutoscaler",
-        "metadata": meta,
-        "spec": {
-            "scaleTargetRef": _target_ref(target_name),
-            "minReplicas": _min_replicas(plan_role),
-            "maxReplicas": max(plan_role.max_replicas, 1),
-            "metrics": [
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": metric_name},
-                        "target": {"type": "AverageValue", "averageValue": target},
-                    },
-                }
-            ],
-            "behavior": behavior(spec),
-        },
+    metric = {
+        "type": "Pods",
+        "pods": {"metric": {"name": metric_name}, "target": {"type": "AverageValue", "averageValue": target}},
     }
+    return _hpa(meta, target_name, plan_role, metric, spec)
 
 
 def router_scaler(
@@ -134,6 +119,17 @@ def router_scaler(
                 "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": str(percent)}}],
             },
         }
+    metric = {
+        "type": "Resource",
+        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},
+    }
+    return _hpa(meta, target_name, plan_role, metric, spec)
+
+
+def _hpa(
+    meta: dict[str, Any], target_name: str, plan_role: RolePlan, metric: dict[str, Any], spec: DisaggregatedModelSpec
+) -> dict[str, Any]:
+    """An autoscaling/v2 HPA on one metric, between the plan's floor and ceiling."""
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -142,12 +138,7 @@ def router_scaler(
             "scaleTargetRef": _target_ref(target_name),
             "minReplicas": _min_replicas(plan_role),
             "maxReplicas": max(plan_role.max_replicas, 1),
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},
-                }
-            ],
+            "metrics": [metric],
             "behavior": behavior(spec),
         },
     }
