@@ -135,6 +135,20 @@ build_kubernetes() {
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 }
 
+# use_wrapper_module SRC: install SRC/go.mod.new as SRC/go.mod (a changed go.mod makes go.sum
+# stale), cd into SRC and resolve its go.sum once.
+use_wrapper_module() {
+  local src="$1"
+  if ! cmp -s "${src}/go.mod.new" "${src}/go.mod"; then
+    mv "${src}/go.mod.new" "${src}/go.mod"
+    rm -f "${src}/go.sum"
+  else
+    rm -f "${src}/go.mod.new"
+  fi
+  cd "${src}"
+  [[ -s go.sum ]] || go mod tidy
+}
+
 build_etcd() {
   local out="$1" ver="${ETCD_VERSION}" src gomod
   src="${SRC_ROOT}/etcd-${ver}"
@@ -156,14 +170,7 @@ build_etcd() {
     echo
     echo "tool go.etcd.io/etcd/server/v3"
   } >"${src}/go.mod.new"
-  if ! cmp -s "${src}/go.mod.new" "${src}/go.mod"; then
-    mv "${src}/go.mod.new" "${src}/go.mod"
-    rm -f "${src}/go.sum"
-  else
-    rm -f "${src}/go.mod.new"
-  fi
-  cd "${src}"
-  [[ -s go.sum ]] || go mod tidy
+  use_wrapper_module "${src}"
   local ld="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ver}"
   CGO_ENABLED=0 go build -trimpath -p "${GO_P}" -ldflags "${ld}" -o "${out}/etcd" go.etcd.io/etcd/server/v3
 }
@@ -211,14 +218,7 @@ build_wrapped() {
     echo
     echo "tool ${pkg}"
   } >"${src}/go.mod.new"
-  if ! cmp -s "${src}/go.mod.new" "${src}/go.mod"; then
-    mv "${src}/go.mod.new" "${src}/go.mod"
-    rm -f "${src}/go.sum"
-  else
-    rm -f "${src}/go.mod.new"
-  fi
-  cd "${src}"
-  [[ -s go.sum ]] || go mod tidy
+  use_wrapper_module "${src}"
   CGO_ENABLED=0 go build -trimpath -p "${GO_P}" -ldflags "-s -w" -o "${out}" "${pkg}"
 }
 
