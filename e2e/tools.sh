@@ -85,6 +85,20 @@ mod_field() {
 # ---------------------------------------------------------------------------------------------
 # builders: each writes its binaries into $1 (an empty staging dir)
 
+# use_wrapper_module SRC: install SRC/go.mod.new as SRC/go.mod (a changed go.mod makes go.sum
+# stale), cd into SRC and resolve its go.sum once.
+use_wrapper_module() {
+  local src="$1"
+  if ! cmp -s "${src}/go.mod.new" "${src}/go.mod"; then
+    mv "${src}/go.mod.new" "${src}/go.mod"
+    rm -f "${src}/go.sum"
+  else
+    rm -f "${src}/go.mod.new"
+  fi
+  cd "${src}"
+  [[ -s go.sum ]] || go mod tidy
+}
+
 build_kubernetes() {
   local out="$1" ver="${K8S_VERSION}" src gomod info major minor patch staging date
   src="${SRC_ROOT}/kubernetes-${ver}"
@@ -117,14 +131,7 @@ build_kubernetes() {
     echo ")"
   } >"${src}/go.mod.new"
   grep -q '=> k8s.io/' "${src}/go.mod.new" || die "no staging replaces found in ${gomod}"
-  if ! cmp -s "${src}/go.mod.new" "${src}/go.mod"; then
-    mv "${src}/go.mod.new" "${src}/go.mod"
-    rm -f "${src}/go.sum"
-  else
-    rm -f "${src}/go.mod.new"
-  fi
-  cd "${src}"
-  [[ -s go.sum ]] || go mod tidy
+  use_wrapper_module "${src}"
   local pkg ld="-s -w"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     ld+=" -X ${pkg}.gitVersion=${ver} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor}"
@@ -133,20 +140,6 @@ build_kubernetes() {
   CGO_ENABLED=0 go build -trimpath -p "${GO_P}" -ldflags "${ld}" -o "${out}/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
-}
-
-# use_wrapper_module SRC: install SRC/go.mod.new as SRC/go.mod (a changed go.mod makes go.sum
-# stale), cd into SRC and resolve its go.sum once.
-use_wrapper_module() {
-  local src="$1"
-  if ! cmp -s "${src}/go.mod.new" "${src}/go.mod"; then
-    mv "${src}/go.mod.new" "${src}/go.mod"
-    rm -f "${src}/go.sum"
-  else
-    rm -f "${src}/go.mod.new"
-  fi
-  cd "${src}"
-  [[ -s go.sum ]] || go mod tidy
 }
 
 build_etcd() {
