@@ -15,19 +15,16 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec, semantic_errors
+from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, identity, owned_by
 from disagg.placement import Placement, PodDemand, node_inventory, place
-from disagg.planner.plan import Plan, RolePlan, engine_role_plans
+from disagg.planner.plan import Plan, engine_role_plans, engine_roles
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
 from disagg.render import (
-    ROLE_AGGREGATED,
-    ROLE_DECODE,
-    ROLE_PREFILL,
     ROLE_ROUTER,
     ModelRef,
     model_labels,
@@ -94,18 +91,14 @@ def _previous_status(body: Mapping[str, Any]) -> DisaggregatedModelStatus:
 def pod_demands(spec: DisaggregatedModelSpec, plan: Plan) -> list[PodDemand]:
     """The engine pods at the planned floor (what a domain must hold), each with its role's
     nodeSelector and tolerations, so placement only counts nodes the scheduler would use."""
-
-    def demands(role: EngineRoleSpec, role_plan: RolePlan) -> list[PodDemand]:
-        pod = PodDemand(
+    pods: list[PodDemand] = []
+    for _, role_plan, role in engine_roles(spec, plan):
+        demand = PodDemand(
             gpus=role_plan.tensor_parallel,
             node_selector=dict(role.scheduling.node_selector),
             tolerations=tuple(t.wire() for t in role.scheduling.tolerations),
         )
-        return [pod] * role_plan.replicas
-
-    pods = demands(spec.prefill, plan.prefill)
-    if plan.decode is not None:
-        pods += demands(spec.decode, plan.decode)
+        pods += [demand] * role_plan.replicas
     return pods
 
 
@@ -138,13 +131,9 @@ def _placement(
 def _role_observations(
     model: ModelRef, plan: Plan, deployments: Mapping[str, Mapping[str, Any]], *, engines_at_zero: bool = False
 ) -> list[RoleObservation]:
-    roles: list[tuple[str, int, int | None]] = []
-    if plan.mode == "aggregated":
-        roles.append((ROLE_AGGREGATED, plan.prefill.replicas, plan.prefill.tensor_parallel))
-    else:
-        assert plan.decode is not None
-        roles.append((ROLE_PREFILL, plan.prefill.replicas, plan.prefill.tensor_parallel))
-        roles.append((ROLE_DECODE, plan.decode.replicas, plan.decode.tensor_parallel))
+    roles: list[tuple[str, int, int | None]] = [
+        (name, role_plan.replicas, role_plan.tensor_parallel) for name, role_plan in engine_role_plans(plan)
+    ]
     roles.append((ROLE_ROUTER, plan.router.replicas, None))
     return [
         RoleObservation(

@@ -17,6 +17,12 @@ PLACEHOLDER_DISAGG_THRESHOLD = 512
 ServingMode = Literal["disaggregated", "aggregated"]
 
 
+# Engine role names: Deployment suffixes and the disagg.dev/role label (llm-d's prefill / decode).
+ROLE_PREFILL = "prefill"
+ROLE_DECODE = "decode"
+ROLE_AGGREGATED = "prefill-decode"
+
+
 @dataclass(frozen=True)
 class RolePlan:
     replicas: int
@@ -48,6 +54,13 @@ class Plan:
     slo_met: bool | None = None
     decode_max_batch: int | None = None
     """Sequences one decode-capable replica holds at full context (engine max-num-seqs), when planned."""
+
+    def __post_init__(self) -> None:
+        # engine_role_plans and everything built on it read the mode from ``decode`` alone
+        if self.mode == "aggregated" and self.decode is not None:
+            raise ValueError("an aggregated plan must not have a decode role")
+        if self.mode == "disaggregated" and self.decode is None:
+            raise ValueError("a disaggregated plan must have a decode role")
 
     @property
     def gpus(self) -> int:
@@ -100,5 +113,13 @@ def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
 def engine_role_plans(plan: Plan) -> list[tuple[str, RolePlan]]:
     """(role name, plan) of the engine roles the plan renders: prefill-decode, or prefill and decode."""
     if plan.decode is None:
-        return [("prefill-decode", plan.prefill)]
-    return [("prefill", plan.prefill), ("decode", plan.decode)]
+        return [(ROLE_AGGREGATED, plan.prefill)]
+    return [(ROLE_PREFILL, plan.prefill), (ROLE_DECODE, plan.decode)]
+
+
+def engine_roles(spec: DisaggregatedModelSpec, plan: Plan) -> list[tuple[str, RolePlan, EngineRoleSpec]]:
+    """:func:`engine_role_plans` with each role's spec; the aggregated role is configured by ``spec.prefill``."""
+    return [
+        (name, role_plan, spec.decode if name == "decode" else spec.prefill)
+        for name, role_plan in engine_role_plans(plan)
+    ]

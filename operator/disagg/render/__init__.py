@@ -16,7 +16,7 @@ import yaml
 
 from disagg.api.spec import GROUP, KIND, VERSION, AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
-from disagg.planner.plan import Plan, RolePlan
+from disagg.planner.plan import ROLE_AGGREGATED, ROLE_DECODE, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
 from disagg.render.engine import (
     DECODE_VLLM_PORT,
@@ -29,9 +29,6 @@ from disagg.render.engine import (
 from disagg.render.names import child_name, label_value, merged_labels
 from disagg.settings import OperatorSettings
 
-ROLE_PREFILL = "prefill"
-ROLE_DECODE = "decode"
-ROLE_AGGREGATED = "prefill-decode"
 ROLE_ROUTER = "router"
 
 
@@ -230,12 +227,7 @@ def render(
     (the operator moves them through the scale subresource, like an autoscaler).
     """
     objects: list[dict[str, Any]] = []
-    engine_roles: list[tuple[str, RolePlan, EngineRoleSpec]]
-    if plan.mode == "aggregated":
-        engine_roles = [(ROLE_AGGREGATED, plan.prefill, spec.prefill)]
-    else:
-        assert plan.decode is not None, "a disaggregated plan has a decode role"
-        engine_roles = [(ROLE_PREFILL, plan.prefill, spec.prefill), (ROLE_DECODE, plan.decode, spec.decode)]
+    roles = engine_roles(spec, plan)
 
     router_objects = router.render_router(
         model=model,
@@ -252,7 +244,7 @@ def render(
     objects += router_objects
     objects.append(_pdb(model, settings, ROLE_ROUTER))
 
-    for role, plan_role, role_spec in engine_roles:
+    for role, plan_role, role_spec in roles:
         autoscaled = _autoscaled(spec, plan_role)
         deployment = _engine_deployment(model, spec, plan_role, role_spec, role, settings, placement, autoscaled)
         if engines_at_zero and not autoscaled:
@@ -270,7 +262,7 @@ def render(
         objects.append(_service(model, settings, role, ports))
         objects.append(_pdb(model, settings, role))
 
-    scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in engine_roles]
+    scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in roles]
     for role, plan_role, role_spec in scalable:
         if _autoscaled(spec, plan_role):
             scaler = autoscaling.engine_scaler(
