@@ -189,7 +189,6 @@ def choose_domain(
         )
         for name, members in sorted(by_domain.items())
     )
-    barred = sum(1 for n in nodes if n.free_gpus and n.labels.get(node_label) and not _usable_by_some(pods, n))
     summary = ", ".join(f"{r.domain} {r.free_gpus} free" for r in reports) or "none labelled"
     if not reports:
         return PlacementDecision(
@@ -213,6 +212,8 @@ def choose_domain(
         chosen, fits = max(reports, key=lambda r: (r.free_gpus, r.domain)), False
         spill = "pods that do not fit stay Pending" if required else "pods spill over to other domains"
         why = f"no {level} has room for {need} GPUs ({summary}); using {chosen.domain}, {spill}"
+        # only worth counting when nothing fits (the common, fitting path stays cheap)
+        barred = sum(1 for n in nodes if n.free_gpus and n.labels.get(node_label) and not _usable_by_some(pods, n))
         if barred:
             why += f"; {barred} node(s) with free GPUs not counted: untolerated taints or nodeSelector"
     if fits:
