@@ -43,14 +43,13 @@ from typing import Any
 
 import yaml
 
-from e2e.harness import ROOT, ClusterEnv, Kubectl, wait_for
+from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, wait_for
 
 log = logging.getLogger(__name__)
 RULES = ROOT / "manifests" / "prometheus-adapter" / "rules.yaml"
 ENGINE_ROLES = ("prefill", "decode", "prefill-decode")
 ROUTER_ROLE = "router"
 ROLE_LABEL = "disagg.dev/role"
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=disagg-operator"
 SCRAPE_INTERVAL_SECONDS = 1
 APISERVICE = "v1beta1.custom.metrics.k8s.io"
 ADAPTER_NAMESPACE = "disagg-e2e-metrics"
@@ -435,7 +434,7 @@ class PodMirror:
 
     def sync(self) -> None:
         result = self.kubectl.run(
-            "get", "pods", "-n", self.namespace, "-l", MANAGED_SELECTOR, "-o", "json", check=False, timeout=20
+            "get", "pods", "-n", self.namespace, "-l", MANAGED, "-o", "json", check=False, timeout=20
         )
         if result.returncode != 0:
             raise RuntimeError(result.stderr.strip()[:300])

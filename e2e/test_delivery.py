@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, audit_events, wait_for
+from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, OperatorProcess, audit_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -446,7 +446,7 @@ def test_helm_install_operator_runs_with_chart_rbac_and_uninstall_leaves_nothing
                 "deployments,services,configmaps,serviceaccounts,roles,rolebindings,poddisruptionbudgets,"
                 "horizontalpodautoscalers",
                 models,
-                "app.kubernetes.io/managed-by=disagg-operator",
+                MANAGED,
             )
             assert {c["kind"] for c in children} >= {"Deployment", "Role", "RoleBinding", "HorizontalPodAutoscaler"}
             lease = kubectl.get("lease", "disagg-operator", namespace)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import ROOT, Kubectl, OperatorProcess, operator_writes, wait_for
+from e2e.harness import CHILD_KINDS, MANAGED, ROOT, Kubectl, OperatorProcess, assert_clean, operator_writes, wait_for
 
 SAMPLES = ROOT / "manifests" / "samples"
 RACK = "topology.disagg.dev/rack"
@@ -48,7 +48,7 @@ def wait_ready(
 
 
 def pods(kubectl: Kubectl, namespace: str, role: str | None = None) -> list[dict[str, Any]]:
-    selector = "app.kubernetes.io/managed-by=disagg-operator" + (f",disagg.dev/role={role}" if role else "")
+    selector = MANAGED + (f",disagg.dev/role={role}" if role else "")
     return kubectl.items("pods", namespace, selector)
 
 
@@ -278,7 +278,7 @@ def test_delete_removes_every_child(kubectl: Kubectl, operator: OperatorProcess,
     kinds = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings,replicasets,pods"
 
     def gone() -> bool:
-        return not kubectl.items(kinds, namespace, "app.kubernetes.io/managed-by=disagg-operator")
+        return not kubectl.items(kinds, namespace, MANAGED)
 
     wait_for("garbage collection of every child", gone, timeout=90)
 
@@ -320,16 +320,9 @@ def test_sigkill_mid_reconcile_converges_without_duplicates(
     operator.kill()
     assert not operator.alive()
     operator.start()
-    ready = wait_ready(kubectl, namespace, "llama-70b")
-    children = kubectl.items(
-        "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings",
-        namespace,
-        "app.kubernetes.io/managed-by=disagg-operator",
-    )
-    names = [(c["kind"], c["metadata"]["name"]) for c in children]
-    assert len(names) == len(set(names)) == 16
-    for child in children:
-        assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [ready["metadata"]["uid"]]
+    wait_ready(kubectl, namespace, "llama-70b")
+    assert_clean(kubectl, namespace, "llama-70b")  # no duplicate, no orphan, one ReplicaSet per Deployment
+    assert len(kubectl.items(CHILD_KINDS, namespace, MANAGED)) == 16
     replicasets = kubectl.items("replicasets", namespace)
     assert len(replicasets) == 3, [r["metadata"]["name"] for r in replicasets]
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, operator_writes, wait_for
+from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, OperatorProcess, operator_writes, wait_for
 from e2e.metrics import (
     SCRAPE_INTERVAL_SECONDS,
     MetricsStack,
@@ -422,9 +422,7 @@ def test_operator_restart_at_zero_stays_consistent_then_wakes(
 
 def _children(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
     kinds = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings"
-    return kubectl.json(
-        "get", kinds, "-n", namespace, "-l", "app.kubernetes.io/managed-by=disagg-operator", "--show-managed-fields"
-    )["items"]
+    return kubectl.json("get", kinds, "-n", namespace, "-l", MANAGED, "--show-managed-fields")["items"]
 
 
 def test_no_field_changes_hands_and_gitops_reapply_changes_nothing(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from disagg.planner.cli import add_subcommands
+from tests.planner import LLAMA_8B_SHAPE
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -48,18 +49,7 @@ def test_estimate_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_estimate_with_model_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "hidden_size": 4096,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 32,
-                "num_key_value_heads": 8,
-                "intermediate_size": 14336,
-                "vocab_size": 128256,
-            }
-        )
-    )
+    config.write_text(json.dumps(LLAMA_8B_SHAPE))
     out = run(
         [
             "estimate",

@@ -11,6 +11,7 @@ from disagg.api.spec import DisaggregatedModelSpec
 from disagg.planner.catalog import PlanningError
 from disagg.planner.queueing import erlang_c, md1_mean_wait, md1_wait_percentile, mdc_wait_percentile
 from disagg.planner.search import Fabric, Workload, plan, plan_for_spec
+from tests.planner import LLAMA_8B_SHAPE
 
 CASE = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)
 
@@ -159,14 +160,7 @@ def test_plan_for_spec_aggregated_and_errors() -> None:
     custom = _spec(
         model={
             "name": "x",
-            "config": {
-                "hidden_size": 4096,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 32,
-                "num_key_value_heads": 8,
-                "intermediate_size": 14336,
-                "vocab_size": 128256,
-            },
+            "config": LLAMA_8B_SHAPE,
         }
     )
     assert plan_for_spec(custom).source == "planner"
