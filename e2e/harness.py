@@ -169,7 +169,7 @@ class Kubectl:
         return self.run(*args, stdin=text, check=False)
 
 
-CHILD_KINDS = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings"
+CHILD_KINDS = "deployments,services,configmaps,hpa,pdb,serviceaccounts,roles,rolebindings,networkpolicies"
 MANAGED = "app.kubernetes.io/managed-by=disagg-operator"
 
 

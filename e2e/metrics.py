@@ -6,9 +6,9 @@ Pods on kwok nodes run no processes, so the harness stands in for them on the lo
   ``vllm:*`` series; the queue depth and KV-cache use it reports are set through its
   ``--fake-metrics`` flag and ``POST /admin/config``, so tests drive load deterministically);
 - one tiny in-process HTTP server per running router pod exposing the llm-d router's
-  ``inference_objective_request_total`` counter, which a test bumps to create demand. The real
-  llm-d endpoint picker cannot run here (it needs an Envoy/Gateway data path and live engine
-  endpoints), so only its metric is imitated;
+  ``llm_d_epp_info`` and ``llm_d_epp_request_total`` series, the latter bumped by a test to
+  create demand. kwok pods run no containers, so the real endpoint picker is not behind these
+  pods; its series names are checked on the real program in e2e/test_router_programs.py;
 - a private Prometheus (Debian's, ``e2e/ensure-prometheus.sh``) scraping them every second through
   file_sd target files that carry each pod's ``namespace`` and ``pod`` labels;
 - prometheus-adapter (built by ``e2e/tools.sh``) with ``manifests/prometheus-adapter/rules.yaml``,
@@ -270,11 +270,18 @@ class RouterStandin:
     def exposition(self) -> str:
         with self._lock:
             count = self._count
-        labels = f'model_name="{self.model}",target_model_name="{self.model}"'
+        labels = f'fairness_id="",model_name="{self.model}",priority="0",target_model_name="{self.model}"'
+        # the series names and labels llm-d router v0.10.0 exports (e2e/test_router_programs.py
+        # checks them on the real endpoint picker): build info from start, requests once counted
+        info = 'llm_d_epp_info{build_ref="",commit=""} 1\n'
+        requests = f"llm_d_epp_request_total{{{labels}}} {count}\n" if count else ""
         return (
-            "# HELP inference_objective_request_total Counter of inference objective requests.\n"
-            "# TYPE inference_objective_request_total counter\n"
-            f"inference_objective_request_total{{{labels}}} {count}\n"
+            "# HELP llm_d_epp_info Build information.\n"
+            "# TYPE llm_d_epp_info gauge\n"
+            f"{info}"
+            "# HELP llm_d_epp_request_total Counter of inference model requests.\n"
+            "# TYPE llm_d_epp_request_total counter\n"
+            f"{requests}"
         )
 
     def bump(self, requests: int = 1) -> int:

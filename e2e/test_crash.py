@@ -63,7 +63,7 @@ def assert_converged(kubectl: Kubectl, namespace: str, generation: int = 1) -> d
     return ready
 
 
-@pytest.mark.parametrize("failpoint", ["apply:1", "apply:8", "apply:16", "status:1"])
+@pytest.mark.parametrize("failpoint", ["apply:1", "apply:8", "apply:17", "status:1"])
 def test_killed_while_creating(
     failpoint: str, cluster: ClusterEnv, kubectl: Kubectl, private_namespace: str, tmp_path: Path
 ) -> None:
@@ -77,12 +77,12 @@ def test_killed_while_creating(
         assert len(left) == int(count), [c["metadata"]["name"] for c in left]
         assert not status, "no status is written before every child is applied"
     else:
-        assert len(left) == 16
+        assert len(left) == 17
         assert status
         assert status["observedGeneration"] == 1
     with operator_in(cluster, ns, tmp_path / "fresh.log"):
         assert_converged(kubectl, ns)
-        assert len(children(kubectl, ns)) == 16
+        assert len(children(kubectl, ns)) == 17
 
 
 def test_killed_while_deleting_stale_children(

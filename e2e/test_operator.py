@@ -322,7 +322,7 @@ def test_sigkill_mid_reconcile_converges_without_duplicates(
     operator.start()
     wait_ready(kubectl, namespace, "llama-70b")
     assert_clean(kubectl, namespace, "llama-70b")  # no duplicate, no orphan, one ReplicaSet per Deployment
-    assert len(kubectl.items(CHILD_KINDS, namespace, MANAGED)) == 16
+    assert len(kubectl.items(CHILD_KINDS, namespace, MANAGED)) == 17
     replicasets = kubectl.items("replicasets", namespace)
     assert len(replicasets) == 3, [r["metadata"]["name"] for r in replicasets]
 

@@ -135,7 +135,8 @@ def test_llmd_conventions_disaggregated() -> None:
     sidecars = decode["spec"]["template"]["spec"]["initContainers"]
     assert len(sidecars) == 1
     assert sidecars[0]["restartPolicy"] == "Always"
-    assert "--vllm-port=8200" in sidecars[0]["args"]
+    assert "--model-server-port=8200" in sidecars[0]["args"]
+    assert "--secure-proxy=false" in sidecars[0]["args"]
     assert "--port=8000" in sidecars[0]["args"]
     assert "initContainers" not in prefill["spec"]["template"]["spec"]
 

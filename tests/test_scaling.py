@@ -28,7 +28,8 @@ def signals(demand: float | None = 0.0, window: float | None = 0.0, busy: float 
 def test_default_queries_select_the_models_router_and_engines() -> None:
     q = queries(spec(), namespace="ns", name="llama")
     assert 'namespace="ns",pod=~"llama-router-.+"' in q.demand
-    assert "inference_objective_request_total" in q.demand
+    for series in ("llm_d_epp_request_total", "llm_d_epp_flow_control_queue_size", "llm_d_epp_info"):
+        assert series in q.demand
     assert q.demand_window.startswith("max_over_time((")
     assert "[10m:15s]" in q.demand_window
     assert "vllm:num_requests_running" in q.busy_window

@@ -5,11 +5,13 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel, to_snake
+
+from disagg import upstream
 
 DEFAULT_TOPOLOGY_LABELS: dict[str, str] = {
     "zone": "topology.kubernetes.io/zone",
@@ -19,6 +21,12 @@ DEFAULT_TOPOLOGY_LABELS: dict[str, str] = {
 }
 """There is no standard rack label; map levels to your cluster's keys, e.g. rack ->
 ``nvidia.com/gpu.clique`` (GPU Feature Discovery) or ``ds.coreweave.com/nvlink.domain``."""
+
+
+DEFAULT_METRICS_SCRAPER: dict[str, Any] = {
+    "namespaceSelector": {},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
 
 
 class MetricNames(BaseModel):
@@ -34,9 +42,13 @@ class OperatorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True)
     topology_labels: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_TOPOLOGY_LABELS))
-    engine_image: str = "ghcr.io/llm-d/llm-d-cuda:v0.4.0"
-    router_image: str = "ghcr.io/llm-d/llm-d-inference-scheduler:v0.4.0"
-    sidecar_image: str = "ghcr.io/llm-d/llm-d-routing-sidecar:v0.4.0"
+    engine_image: str = upstream.VLLM_IMAGE
+    router_image: str = upstream.LLMD_ROUTER_IMAGE
+    """The llm-d endpoint picker; its flags and config are rendered for upstream.LLMD_ROUTER_VERSION."""
+    sidecar_image: str = upstream.LLMD_SIDECAR_IMAGE
+    """The llm-d P/D sidecar in decode pods (same llm-d release as the router)."""
+    envoy_image: str = upstream.ENVOY_IMAGE
+    """The router pod's HTTP front: Envoy with an ext_proc filter to the endpoint picker."""
     prometheus_url: str | None = None
     metric_names: MetricNames = Field(default_factory=MetricNames)
     field_manager: str = "disagg-operator"
@@ -56,7 +68,19 @@ class OperatorSettings(BaseModel):
     """Several replicas: only the holder of the Lease ``disagg-operator`` in leader_namespace acts."""
     leader_namespace: str = "default"
     inference_pool: bool = False
-    """Render a Gateway API Inference Extension InferencePool per model (needs its CRD installed)."""
+    """Render a Gateway API Inference Extension InferencePool per model (needs its CRD installed);
+    the endpoint picker then discovers engines through it. Off: standalone discovery by label selector."""
+    network_policy: bool = True
+    """Render a NetworkPolicy per model so only its router, its engines and the metrics scrapers
+    reach engine pods (vLLM has no authentication of its own)."""
+    metrics_scrapers: list[dict[str, Any]] = Field(default_factory=lambda: [dict(DEFAULT_METRICS_SCRAPER)])
+    """NetworkPolicy peers allowed to scrape engine metrics (Prometheus); default: pods labelled
+    app.kubernetes.io/name=prometheus in any namespace (the Prometheus Operator's label)."""
+    engine_clients: list[dict[str, Any]] = Field(default_factory=list)
+    """NetworkPolicy peers besides the model's own router allowed to send requests to engine pods,
+    e.g. your Gateway's pods when models are served through an InferencePool. With inferencePool
+    on and none given, the engines' serving port is open to every pod (the Gateway must reach it);
+    the decode vLLM port and the KV-transfer ports stay closed."""
 
     def prometheus_for(self, spec_url: str | None) -> str | None:
         """The Prometheus a model reads: its own ``autoscaling.prometheus.url``, else the operator's."""
@@ -88,7 +112,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> OperatorSettings:
         # top-level keys to field names so DISAGG_* variables below override them; nested
         # models (metricNames) take camelCase through their aliases
         data.update({to_snake(str(k)): v for k, v in loaded.items()})
-    for key in ("engine_image", "router_image", "sidecar_image", "prometheus_url", "field_manager"):
+    for key in ("engine_image", "router_image", "sidecar_image", "envoy_image", "prometheus_url", "field_manager"):
         value = env.get(f"DISAGG_{key.upper()}")
         if value:
             data[key] = value

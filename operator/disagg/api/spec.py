@@ -274,6 +274,18 @@ DisaggThreshold = Annotated[
 ]
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class GatewayRef(CamelModel):
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    """Name of a Gateway (gateway.networking.k8s.io) to attach the model's HTTPRoute to."""
+    namespace: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)] | None = None
+    """Namespace of the Gateway; defaults to the model's (the Gateway must allow routes from it)."""
+    section_name: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """Listener of the Gateway to attach to; all listeners when omitted."""
+
+
 class RouterSpec(CamelModel):
     type: RouterType = RouterType.LLM_D
     """Router implementation (llm-d endpoint picker)."""
@@ -289,6 +301,10 @@ class RouterSpec(CamelModel):
     """Scheduling overrides for router pods."""
     autoscaling: RouterAutoscaling = Field(default_factory=RouterAutoscaling)
     """Router autoscaling target."""
+    gateway: GatewayRef | None = None
+    """Also serve through this Gateway: an HTTPRoute whose backend is the model's InferencePool when
+    the operator renders pools (the Gateway then asks the endpoint picker itself), else the router
+    Service's HTTP port."""
 
     @field_validator("disagg_threshold")
     @classmethod
@@ -358,6 +374,9 @@ class ScaleToZeroSpec(CamelModel):
     """PromQL returning demand at the router (> 0 wakes the model); default from the llm-d router."""
     idle_query: Annotated[str, Field(max_length=4096)] | None = None
     """PromQL returning in-flight work at the engines (0 means idle); default from vLLM metrics."""
+    hold_requests_for: Duration = "10m"
+    """How long the router holds a request that arrives while the engines sleep (the llm-d router's
+    flow-control queue TTL); keep it above the engines' cold start and below the clients' timeout."""
 
 
 class ReplanSpec(CamelModel):

@@ -43,6 +43,8 @@ CHILD_KINDS: tuple[Kind, ...] = (
     Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
     Kind("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
     Kind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools"),
+    Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
 )
 """Every kind the renderer can produce; children of kinds whose API is not served are skipped."""
 

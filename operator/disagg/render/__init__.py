@@ -204,6 +204,44 @@ def _pdb(model: ModelRef, settings: OperatorSettings, role: str) -> dict[str, An
     }
 
 
+def _network_policy(model: ModelRef, settings: OperatorSettings, roles: list[str]) -> dict[str, Any]:
+    """Only this model's router, its own engines and the metrics scrapers reach its engine pods.
+
+    vLLM has no authentication, and the decode sidecar forwards to whatever prefill host a
+    request names: neither may be reachable by any pod of the cluster. Engines of one model talk
+    to each other on any port (NIXL side channel, UCX over TCP picks its ports).
+    """
+    model_selector = model_labels(model, settings)
+    role_key = f"{settings.prefix}/role"
+    serving = [{"protocol": "TCP", "port": port} for port in sorted({PREFILL_PORT, SIDECAR_PORT, DECODE_VLLM_PORT})]
+    router_pods = {"podSelector": {"matchLabels": {**model_selector, role_key: ROLE_ROUTER}}}
+    own_engines = {
+        "podSelector": {
+            "matchLabels": dict(model_selector),
+            "matchExpressions": [{"key": role_key, "operator": "In", "values": sorted(roles)}],
+        }
+    }
+    ingress: list[dict[str, Any]] = [
+        {"from": [router_pods, *settings.metrics_scrapers], "ports": serving},
+        {"from": [own_engines]},
+    ]
+    if settings.engine_clients:
+        ingress.append({"from": list(settings.engine_clients), "ports": [{"protocol": "TCP", "port": PREFILL_PORT}]})
+    elif settings.inference_pool:
+        # a Gateway routes straight to the pool's pods on the target port; its pods are unknown here
+        ingress.append({"ports": [{"protocol": "TCP", "port": PREFILL_PORT}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(model, settings, child_name(model.name, "engines"), "engines"),
+        "spec": {
+            "podSelector": own_engines["podSelector"],
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def _autoscaled(spec: DisaggregatedModelSpec, plan_role: RolePlan) -> bool:
     """The autoscaler owns replicas when one is rendered for the role (a range to move in, or scale-to-zero)."""
     if spec.autoscaling.engine == AutoscalingEngine.NONE:
@@ -261,6 +299,9 @@ def render(
             ports.append({"name": "nixl", "port": NIXL_PORT, "targetPort": "nixl", "protocol": "TCP"})
         objects.append(_service(model, settings, role, ports))
         objects.append(_pdb(model, settings, role))
+
+    if settings.network_policy:
+        objects.append(_network_policy(model, settings, [role for role, _, _ in roles]))
 
     scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in roles]
     for role, plan_role, role_spec in scalable:

@@ -158,16 +158,22 @@ def container_security(spec: DisaggregatedModelSpec, role: EngineRoleSpec, *, di
 
 
 def routing_sidecar(settings: OperatorSettings) -> dict[str, Any]:
-    """llm-d routing sidecar as a native sidecar: it starts before vLLM and stops after it."""
+    """llm-d's P/D sidecar as a native sidecar: it starts before vLLM and stops after it.
+
+    It takes every request on the decode pod's serving port, runs the prefill leg on the pod the
+    router named in ``x-prefiller-host-port`` (if any) and then decode on the local vLLM. Plain
+    HTTP like the engines: the NetworkPolicy, not TLS, keeps strangers out.
+    """
     return {
         "name": SIDECAR_CONTAINER,
         "image": settings.sidecar_image,
         "restartPolicy": "Always",
         "args": [
             f"--port={SIDECAR_PORT}",
-            f"--vllm-port={DECODE_VLLM_PORT}",
+            f"--model-server-port={DECODE_VLLM_PORT}",
             "--kv-connector=nixlv2",
-            "--secure-serving=false",
+            "--secure-proxy=false",
+            "--zap-encoder=json",
         ],
         "ports": [{"name": "http", "containerPort": SIDECAR_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},

@@ -43,11 +43,33 @@ def _selector(namespace: str, pods: str) -> str:
     return f'namespace="{namespace}",pod=~"{pods}"'
 
 
+ROUTER_REQUESTS = "llm_d_epp_request_total"
+"""Requests the llm-d router has scheduled (counted once an endpoint is picked)."""
+ROUTER_HELD = "llm_d_epp_flow_control_queue_size"
+"""Requests the llm-d router holds in its flow-control queue, e.g. while no engine is ready."""
+ROUTER_INFO = "llm_d_epp_info"
+"""Build info every llm-d router exports from start: proves the router is scraped at all."""
+
+
+def router_demand_query(router_selector: str) -> str:
+    """Requests arriving at or held by the router; empty (no data) when the router is not scraped.
+
+    The request and queue series appear only with the first request, so a router that has seen
+    none reads 0 through its info series; a router Prometheus cannot see reads as no data, which
+    never counts as idle.
+    """
+    seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+    return (
+        f"(sum(rate({ROUTER_REQUESTS}{{{router_selector}}}[1m])) or {seen})"
+        f" + (sum({ROUTER_HELD}{{{router_selector}}}) or {seen})"
+    )
+
+
 def queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str) -> Queries:
     """Default PromQL for the llm-d router and vLLM, or the spec's overrides."""
     router = _selector(namespace, f"{name}-router-.+")
     engines = _selector(namespace, f"{name}-(prefill|decode|prefill-decode)-.+")
-    demand = spec.scale_to_zero.demand_query or f"sum(rate(inference_objective_request_total{{{router}}}[1m]))"
+    demand = spec.scale_to_zero.demand_query or router_demand_query(router)
     busy = spec.scale_to_zero.idle_query or (
         f"sum(vllm:num_requests_running{{{engines}}}) + sum(vllm:num_requests_waiting{{{engines}}})"
     )
@@ -138,5 +160,5 @@ def workload_queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str,
         input_tokens=mean("vllm:request_prompt_tokens"),
         output_tokens=mean("vllm:request_generation_tokens"),
         ttft=quantile("vllm:time_to_first_token_seconds"),
-        itl=quantile("vllm:time_per_output_token_seconds"),
+        itl=quantile("vllm:inter_token_latency_seconds"),
     )
