@@ -4,10 +4,12 @@ DISAGG_E2E_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
 .PHONY: e2e-tools cluster-up cluster-down cluster-status bench-scaling
 
-e2e-tools: ## Build/cache the e2e binaries (kube-*, etcd, kwok, helm, prometheus-adapter, llm-d-inference-sim), Prometheus, KEDA CRD
+e2e-tools: ## Build/cache the e2e binaries (kube-*, etcd, kwok, helm, llm-d router, prometheus-adapter, llm-d-inference-sim), Prometheus, KEDA/GAIE/Gateway API CRDs
 	bash $(DISAGG_E2E_DIR)/tools.sh
 	bash $(DISAGG_E2E_DIR)/ensure-prometheus.sh
 	bash $(DISAGG_E2E_DIR)/tools.sh --keda-crd >/dev/null
+	bash $(DISAGG_E2E_DIR)/tools.sh --gaie-crds >/dev/null
+	bash $(DISAGG_E2E_DIR)/tools.sh --gateway-crds >/dev/null
 
 cluster-up: ## Start the local kwok cluster with fake GPU nodes (prints the kubeconfig path)
 	bash $(DISAGG_E2E_DIR)/cluster.sh up

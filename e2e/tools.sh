@@ -3,7 +3,7 @@
 # stable directory of symlinks. Versions come from e2e/versions.env only.
 #
 #   e2e/tools.sh                    build whatever is missing (required + optional groups)
-#   e2e/tools.sh GROUP...           only these groups: kubernetes etcd kwok helm
+#   e2e/tools.sh GROUP...           only these groups: kubernetes etcd kwok helm llm-d-router
 #                                   prometheus-adapter llm-d-inference-sim
 #   e2e/tools.sh --print-bin-dir    print the symlink dir (builds nothing)
 #   e2e/tools.sh --env              print KEY=value lines (DISAGG_E2E_BIN_DIR, ...; builds nothing)
@@ -11,6 +11,9 @@
 #   e2e/tools.sh --retry-failed     retry optional groups whose earlier build failed
 #   e2e/tools.sh --keda-crd         print the path of KEDA's ScaledObject CRD YAML (KEDA_VERSION),
 #                                   fetched once with `go mod download` (no build)
+#   e2e/tools.sh --gaie-crds        print the dir of the Gateway API Inference Extension CRDs
+#                                   (GAIE_VERSION: InferencePool, InferenceObjective, ...)
+#   e2e/tools.sh --gateway-crds     print the dir of Gateway API's standard CRDs (GATEWAY_API_VERSION)
 #
 # Layout (nothing is written inside the git work tree):
 #   $CACHE = ${DISAGG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/disagg}
@@ -37,7 +40,7 @@ LOG_ROOT="${CACHE}/logs"
 JOBS="${DISAGG_TOOLS_JOBS:-2}"
 GO_P="${DISAGG_GO_BUILD_P:-2}"
 
-REQUIRED_GROUPS=(kubernetes etcd kwok helm)
+REQUIRED_GROUPS=(kubernetes etcd kwok helm llm-d-router)
 OPTIONAL_GROUPS=(prometheus-adapter llm-d-inference-sim)
 
 log() { printf '[tools] %s\n' "$*" >&2; }
@@ -51,6 +54,7 @@ group_version() {
     helm) echo "${HELM_VERSION}" ;;
     prometheus-adapter) echo "${PROMETHEUS_ADAPTER_VERSION}" ;;
     llm-d-inference-sim) echo "${LLMD_INFERENCE_SIM_VERSION}" ;;
+    llm-d-router) echo "${LLMD_ROUTER_VERSION}" ;;
     *) die "unknown tool group: $1" ;;
   esac
 }
@@ -63,6 +67,7 @@ group_binaries() {
     helm) echo "helm" ;;
     prometheus-adapter) echo "prometheus-adapter" ;;
     llm-d-inference-sim) echo "llm-d-inference-sim" ;;
+    llm-d-router) echo "epp pd-sidecar" ;;
   esac
 }
 
@@ -227,6 +232,61 @@ build_llm-d-inference-sim() {
     "${LLMD_INFERENCE_SIM_VERSION}" github.com/llm-d/llm-d-inference-sim/cmd/llm-d-inference-sim
 }
 
+# The llm-d router's epp and pd-sidecar. From the Go module proxy when it serves
+# github.com/llm-d/llm-d-router at the pinned version (it answers 403 here); otherwise from a
+# prebuilt copy (xz-compressed, built from that tag's source, see its README), accepted only if
+# both binaries match the sha256 sums pinned in versions.env.
+build_llm-d-router() {
+  local out="$1" ver="${LLMD_ROUTER_VERSION}" dir
+  if (cd "${out}" && GOFLAGS=-mod=mod go mod download -json "github.com/llm-d/llm-d-router@${ver}" >/dev/null 2>&1); then
+    echo "building github.com/llm-d/llm-d-router@${ver} from the module proxy"
+    build_wrapped "${out}/epp" llm-d-router-epp github.com/llm-d/llm-d-router "${ver}" \
+      github.com/llm-d/llm-d-router/cmd/epp
+    build_wrapped "${out}/pd-sidecar" llm-d-router-pd-sidecar github.com/llm-d/llm-d-router "${ver}" \
+      github.com/llm-d/llm-d-router/cmd/pd-sidecar
+  else
+    echo "the module proxy does not serve github.com/llm-d/llm-d-router@${ver}; using a prebuilt copy"
+    dir=""
+    for candidate in "${DISAGG_LLMD_ROUTER_PREBUILT:-}" "${E2E_DIR}/../../shared/tools/llm-d-router" \
+      /work/shared/tools/llm-d-router; do
+      if [[ -n "${candidate}" && -f "${candidate}/epp.xz" && -f "${candidate}/pd-sidecar.xz" ]]; then
+        dir="${candidate}"
+        break
+      fi
+    done
+    [[ -n "${dir}" ]] || die "no prebuilt llm-d router ${ver} found (set DISAGG_LLMD_ROUTER_PREBUILT to a dir with epp.xz and pd-sidecar.xz)"
+    echo "prebuilt copy: ${dir}"
+    xz -dc "${dir}/epp.xz" >"${out}/epp"
+    xz -dc "${dir}/pd-sidecar.xz" >"${out}/pd-sidecar"
+  fi
+  chmod +x "${out}/epp" "${out}/pd-sidecar"
+  local got
+  got="$(sha256sum "${out}/epp" | cut -d' ' -f1)"
+  [[ "${got}" == "${LLMD_ROUTER_EPP_SHA256}" ]] || die "epp sha256 ${got} != pinned ${LLMD_ROUTER_EPP_SHA256}"
+  got="$(sha256sum "${out}/pd-sidecar" | cut -d' ' -f1)"
+  [[ "${got}" == "${LLMD_ROUTER_PD_SIDECAR_SHA256}" ]] || die "pd-sidecar sha256 ${got} != pinned ${LLMD_ROUTER_PD_SIDECAR_SHA256}"
+}
+
+# module_crds NAME MODULE VERSION SUBDIR: copy SUBDIR/*.yaml of a Go module (downloaded once,
+# explicit version, no build) to $CACHE/crds/NAME-VERSION and print that dir.
+module_crds() {
+  local name="$1" mod="$2" ver="$3" sub="$4" dest dir tmp
+  dest="${CACHE}/crds/${name}-${ver}"
+  if [[ ! -f "${dest}/.complete" ]]; then
+    command -v go >/dev/null || die "go is not on PATH (needed to fetch ${mod}@${ver})"
+    mkdir -p "${CACHE}/crds"
+    dir="$(cd "${CACHE}/crds" && GOFLAGS=-mod=mod mod_field Dir "${mod}@${ver}")"
+    compgen -G "${dir}/${sub}/*.yaml" >/dev/null || die "no CRDs in ${mod}@${ver}/${sub} (${dir:-download failed})"
+    tmp="$(mktemp -d "${CACHE}/crds/.${name}-${ver}.XXXXXX")"
+    cp "${dir}/${sub}"/*.yaml "${tmp}/"
+    chmod u+w "${tmp}"/*.yaml
+    touch "${tmp}/.complete"
+    rm -rf "${dest}"
+    mv "${tmp}" "${dest}"
+  fi
+  echo "${dest}"
+}
+
 # KEDA's CRDs live in its Go module (config/crd/bases): `go mod download -json MODULE@VERSION`
 # gives the module directory (an explicit version never asks the proxy for the version list).
 # Copied under $CACHE so later runs need neither go nor the module cache.
@@ -323,6 +383,10 @@ main() {
         for g in "${REQUIRED_GROUPS[@]}"; do group_present "$g" || { log "missing: ${g} $(group_version "$g")"; missing=1; }; done
         return ${missing} ;;
       --keda-crd) mkdir -p "${CACHE}"; keda_crd; return 0 ;;
+      --gaie-crds) mkdir -p "${CACHE}"
+        module_crds gaie sigs.k8s.io/gateway-api-inference-extension "${GAIE_VERSION}" config/crd/bases; return 0 ;;
+      --gateway-crds) mkdir -p "${CACHE}"
+        module_crds gateway-api sigs.k8s.io/gateway-api "${GATEWAY_API_VERSION}" config/crd/standard; return 0 ;;
       --retry-failed) retry_failed=1 ;;
       -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
       -*) die "unknown option $a" ;;
