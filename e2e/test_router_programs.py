@@ -86,11 +86,16 @@ def router_bins() -> dict[str, Path]:
     return bins
 
 
+def crd_dir(option: str) -> Path:
+    """A directory of upstream CRDs fetched by e2e/tools.sh (versions in e2e/versions.env)."""
+    out = subprocess.run(["bash", str(TOOLS), option], check=True, timeout=600, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def gaie_crds(kubectl: Kubectl) -> None:
     """InferencePool / InferenceObjective CRDs of the Gateway API Inference Extension release llm-d builds on."""
-    out = subprocess.run(["bash", str(TOOLS), "--gaie-crds"], check=True, timeout=600, capture_output=True, text=True)
-    crds = Path(out.stdout.strip().splitlines()[-1])
+    crds = crd_dir("--gaie-crds")
     for crd in ("inferencepools", "inferenceobjectives", "inferencemodelrewrites"):
         group = "inference.networking.k8s.io" if crd == "inferencepools" else "inference.networking.x-k8s.io"
         kubectl.run("apply", "--server-side", "-f", str(crds / f"{group}_{crd}.yaml"))
@@ -490,3 +495,18 @@ def test_unknown_flag_fails_the_check(router_bins: dict[str, Path], tmp_path: Pa
         proc = net.spawn([str(router_bins["pd-sidecar"]), "--secure-serving=false"], log=tmp_path / "neg.log")
         assert proc.wait(timeout=30) != 0
     assert "unknown flag: --secure-serving" in (tmp_path / "neg.log").read_text()
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["service-backend", "pool-backend"])
+def test_http_route_is_valid_gateway_api(pool: bool, kubectl: Kubectl, private_namespace: str, tmp_path: Path) -> None:
+    """The rendered HTTPRoute against Gateway API's own CRD (its schema and CEL rules), server-side."""
+    crds = crd_dir("--gateway-crds")
+    kubectl.run("apply", "--server-side", "-f", str(crds / "gateway.networking.k8s.io_httproutes.yaml"))
+    kubectl.run("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
+    case = Case("llama-3.3-70b-disaggregated.yaml", pool=pool, spec={"router": {"gateway": {"name": "inference-gw"}}})
+    route = find(render(case, private_namespace, tmp_path), "HTTPRoute", "-router")
+    result = kubectl.dry_run(route, namespace=private_namespace)
+    assert result.returncode == 0, result.stderr
+    broken = {**route, "spec": {**route["spec"], "parentRefs": [{"kind": "Gateway"}]}}
+    rejected = kubectl.dry_run(broken, namespace=private_namespace)
+    assert rejected.returncode != 0, "the CRD accepted a parentRef without a name: the check cannot fail"
