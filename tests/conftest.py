@@ -48,6 +48,7 @@ class MemoryCluster:
         self.writes: list[str] = []
         self.events: list[tuple[str, str]] = []
         self._versions = itertools.count(1)
+        self.missing_apis: set[str] = set()
 
     def add_model(self, body: Mapping[str, Any], namespace: str = "default", uid: str = "uid-1") -> dict[str, Any]:
         model = copy.deepcopy(dict(body))
@@ -97,6 +98,17 @@ class MemoryCluster:
 
     def list_pods(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pods)
+
+    def served(self, api_version: str) -> bool:
+        return api_version not in self.missing_apis
+
+    def list_model_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [
+            copy.deepcopy(p)
+            for p in self.pods
+            if p["metadata"].get("namespace") == namespace
+            and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+        ]
 
     def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
         model = self.models.get((namespace, name))

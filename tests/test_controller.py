@@ -54,3 +54,22 @@ def test_standby_does_not_act() -> None:
     finally:
         controller.stop()
     assert cluster.calls >= 1
+
+
+def test_child_events_do_not_cut_the_backoff_short() -> None:
+    """A failing model's own Deployments keep changing; their events must not retry it at once."""
+    cluster = FailingCluster()
+    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), workers=2)  # type: ignore[arg-type]
+    controller.start()
+    try:
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # bounded: 50 child events in 2.5 s
+            controller.trigger(("ns", "m"))
+            time.sleep(0.05)
+        attempts_before_edit = cluster.calls
+        controller.trigger(("ns", "m"), resource_version="42")  # the user edits the model: retried at once
+        time.sleep(0.5)
+    finally:
+        controller.stop()
+    assert 1 <= attempts_before_edit <= 2, f"{attempts_before_edit} attempts in 2.5 s with a 2 s then 4 s backoff"
+    assert cluster.calls == attempts_before_edit + 1

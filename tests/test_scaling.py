@@ -123,7 +123,11 @@ def test_idle_model_sleeps_together_and_wakes_on_router_demand() -> None:
     conds = conditions(cluster)
     assert conds["ScaledToZero"]["status"] == "True"
     assert ("ScaledToZeroTrue", conds["ScaledToZero"]["message"]) in cluster.events
-    assert conds["Progressing"]["status"] == "True"  # pods are still going away in this pass
+    # scaling is not a rollout: the template did not change; the role counts show pods going away
+    assert conds["Progressing"]["status"] == "False"
+    roles = {r["name"]: r for r in cluster.models[("default", "llama-70b")]["status"]["roles"]}
+    assert roles["prefill"]["desired"] == 0
+    assert roles["prefill"]["replicas"] == 5
 
     run(cluster, metrics, "2026-11-28T00:20:30Z")  # the pass after the deployment controller converged
     assert conditions(cluster)["Ready"]["reason"] == "ScaledToZero"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from disagg.kube import ConflictError
+from disagg.kube import ConflictError, NotFoundError
 from disagg.kube.client import KubeCluster
 from disagg.reconcile import Outcome, reconcile
 from disagg.scaling.prometheus import MetricsSources
@@ -46,6 +46,9 @@ class Controller:
         self._busy: set[Key] = set()
         self._again: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
+        self._backoff_until: dict[Key, float] = {}
+        """After a failed pass: no retry before this, whatever child events or resyncs ask (a user's
+        edit of the model itself still goes through at once)."""
         self._own_versions: dict[Key, str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -66,6 +69,8 @@ class Controller:
             return
         with self._cond:
             due = time.monotonic() + delay
+            if resource_version is None:  # not an edit of the model: a failing model waits its backoff
+                due = max(due, self._backoff_until.get(key, 0.0))
             if key in self._busy:  # picked up again when the running pass ends, not before ``due``
                 self._again[key] = min(self._again.get(key, due), due)
                 return
@@ -76,6 +81,7 @@ class Controller:
         with self._cond:
             self._due.pop(key, None)
             self._failures.pop(key, None)
+            self._backoff_until.pop(key, None)
             self._own_versions.pop(key, None)
             self._sleeping.pop(key, None)
 
@@ -184,18 +190,20 @@ class Controller:
             log.info("%s/%s: conflict, retrying: %s", namespace, name, exc)
             self.trigger(key, delay=0.2)
             return
+        except NotFoundError as exc:
+            if self._gone(key):  # deleted while the pass ran: nothing failed, nothing to retry
+                log.debug("%s/%s: deleted during reconcile (%s)", namespace, name, exc)
+                self.forget(key)
+                return
+            self._failed(key, exc)
+            return
         except Exception as exc:
-            self.stats["failures"] += 1
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            delay = min(2.0**failures, MAX_BACKOFF)
-            log.warning(
-                "%s/%s: reconcile failed (attempt %d, retry in %.0fs): %s", namespace, name, failures, delay, exc
-            )
-            self.trigger(key, delay=delay)
+            self._failed(key, exc)
             return
         self._failures.pop(key, None)
+        self._backoff_until.pop(key, None)
         self.stats["reconciles"] += 1
+
         self.stats["writes"] += outcome.writes
         zero = outcome.zero
         if zero is not None and zero.at_zero and zero.url and zero.queries:
@@ -204,6 +212,27 @@ class Controller:
             self._sleeping.pop(key, None)
         if self._on_outcome is not None:
             self._on_outcome(key, outcome)
+
+    def _gone(self, key: Key) -> bool:
+        try:
+            body = self._cluster.get_model(*key)
+        except Exception:  # unknown: treat as a failure, retried on backoff
+            return False
+        return body is None or bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+    def _failed(self, key: Key, exc: Exception) -> None:
+        namespace, name = key
+        self.stats["failures"] += 1
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(2.0**failures, MAX_BACKOFF)
+        until = time.monotonic() + delay
+        with self._cond:
+            self._backoff_until[key] = until
+            # the key is busy: events that came during this pass asked for "now"; the backoff wins
+            self._again[key] = until
+            self._due.pop(key, None)
+        log.warning("%s/%s: reconcile failed (attempt %d, retry in %.0fs): %s", namespace, name, failures, delay, exc)
 
     def _patching_cluster(self, key: Key) -> Any:
         """The cluster, remembering the resourceVersion our status write produced for ``key``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, semantic_
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
-from disagg.kube import ApiError, Cluster, identity, owned_by
+from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
 from disagg.placement import Placement, PodDemand, node_inventory, place
 from disagg.planner.plan import Plan, engine_role_plans, engine_roles
 from disagg.planner.replan import apply_floors, replan
@@ -129,7 +129,13 @@ def _placement(
 
 
 def _role_observations(
-    model: ModelRef, plan: Plan, deployments: Mapping[str, Mapping[str, Any]], *, engines_at_zero: bool = False
+    model: ModelRef,
+    plan: Plan,
+    deployments: Mapping[str, Mapping[str, Any]],
+    *,
+    engines_at_zero: bool = False,
+    pods: Sequence[Mapping[str, Any]] = (),
+    role_label: str = "",
 ) -> list[RoleObservation]:
     roles: list[tuple[str, int, int | None]] = [
         (name, role_plan.replicas, role_plan.tensor_parallel) for name, role_plan in engine_role_plans(plan)
@@ -141,6 +147,7 @@ def _role_observations(
             deployment=deployments.get(child_name(model.name, role)),
             planned=0 if engines_at_zero and role != ROLE_ROUTER else planned,
             tensor_parallel=tp,
+            pods=[p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(role_label) == role],
         )
         for role, planned, tp in roles
     ]
@@ -236,6 +243,26 @@ def _replanned(
     return replan(spec, running, observed, last, planner, now)
 
 
+API_NEEDED_BY = {
+    "keda.sh/v1alpha1": "autoscaling.engine: keda needs it (KEDA's ScaledObject); install KEDA or set"
+    " autoscaling.engine: hpa",
+    "inference.networking.k8s.io/v1": "the operator setting inferencePool: true needs it (the Gateway API Inference"
+    " Extension's InferencePool); install its CRDs or turn the setting off",
+    "gateway.networking.k8s.io/v1": "router.gateway needs it (Gateway API's HTTPRoute); install the Gateway API"
+    " CRDs or remove router.gateway",
+}
+
+
+def missing_apis(cluster: Cluster, desired: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One message per API the desired children need but the cluster does not serve."""
+    versions = sorted({str(obj["apiVersion"]) for obj in desired})
+    return [
+        f"{version} is not served by this cluster: {API_NEEDED_BY.get(version, 'a rendered child needs it')}"
+        for version in versions
+        if not cluster.served(version)
+    ]
+
+
 def _sync_scale(cluster: Cluster, deployment: Mapping[str, Any] | None, replicas: int, wake: bool) -> bool:
     """Move an autoscaled Deployment through its /scale subresource, as an autoscaler does.
 
@@ -301,6 +328,13 @@ def reconcile(
     decisions = placement.decisions if placement is not None else []
     rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero)
     desired = [stamp(obj, settings.prefix) for obj in rendered]
+    missing = missing_apis(cluster, desired)
+    if missing:
+        # before any write: a half-applied model is worse than an unchanged one
+        message = "; ".join(missing)
+        outcome.error = message
+        write_status(failed_status(previous, generation=generation, reason="MissingAPI", message=message, now=now()))
+        return outcome
     live = {
         identity(obj): obj
         for obj in cluster.list_children(model.namespace, model_labels(model, settings))
@@ -329,9 +363,12 @@ def reconcile(
             if key not in wanted:
                 cluster.delete(obj)
                 outcome.deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
-    except ApiError as exc:
-        outcome.error = str(exc)
-        write_status(failed_status(previous, generation=generation, reason="ApplyFailed", message=str(exc), now=now()))
+    except (ApiError, NotFoundError) as exc:
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        outcome.error = f"{what}: {exc}"
+        write_status(
+            failed_status(previous, generation=generation, reason="ApplyFailed", message=outcome.error, now=now())
+        )
         raise
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
@@ -345,6 +382,12 @@ def reconcile(
                 scaled["spec"] = {**scaled.get("spec", {}), "replicas": target}
                 deployments[name] = scaled
     roles = _role_observations(model, plan, deployments, engines_at_zero=zero.at_zero)
+    if any(not role.floor_available() for role in roles):
+        # only a role short of its floor needs its pods read: they say why (quota, scheduling, images)
+        pods = cluster.list_model_pods(model.namespace, model_labels(model, settings))
+        roles = _role_observations(
+            model, plan, deployments, engines_at_zero=zero.at_zero, pods=pods, role_label=f"{settings.prefix}/role"
+        )
     status = healthy_status(
         previous,
         generation=generation,

@@ -49,11 +49,23 @@ class PlannedVerdict(Protocol):
 
 
 @dataclass(frozen=True)
+class RoleProblem:
+    """Why a role's pods do not come up, in the words of whoever refused them."""
+
+    reason: str
+    """FailedCreate, Unschedulable, ProgressDeadlineExceeded, ImagePullBackOff, CrashLoopBackOff, ..."""
+    message: str
+
+
+@dataclass(frozen=True)
 class RoleObservation:
     name: str
     deployment: Mapping[str, Any] | None
     planned: int
+    """The floor: what must be available for the role to count as up."""
     tensor_parallel: int | None
+    pods: Sequence[Mapping[str, Any]] = ()
+    """The role's pods (for the reasons they are not ready)."""
 
     def desired(self) -> int:
         """The Deployment's replicas (an autoscaler may have raised them), never below the planned floor."""
@@ -73,20 +85,86 @@ class RoleObservation:
             tensor_parallel=self.tensor_parallel,
         )
 
-    def rolled_out(self) -> bool:
-        """The Deployment runs its latest template on every pod and all desired pods are available."""
+    def _observed(self) -> dict[str, Any] | None:
         if self.deployment is None:
-            return False
+            return None
         meta = self.deployment.get("metadata") or {}
-        observed = self.deployment.get("status") or {}
+        observed: dict[str, Any] = dict(self.deployment.get("status") or {})
         if int(observed.get("observedGeneration") or 0) < int(meta.get("generation") or 1):
-            return False
-        want = self.desired()
-        return (
-            int(observed.get("updatedReplicas") or 0) >= want
-            and int(observed.get("replicas") or 0) == want
-            and int(observed.get("availableReplicas") or 0) >= want
-        )
+            return None
+        return observed
+
+    def rolling(self) -> bool:
+        """A template change is under way: the controller has not seen it yet, or old pods remain.
+
+        Pods an autoscaler adds run the current template, so a scale-up is not a rollout.
+        """
+        observed = self._observed()
+        if observed is None:
+            return True
+        return int(observed.get("updatedReplicas") or 0) < int(observed.get("replicas") or 0)
+
+    def current_available(self) -> int:
+        """Available pods of the current template (a lower bound: old pods are assumed available)."""
+        observed = self._observed()
+        if observed is None:
+            return 0
+        old = int(observed.get("replicas") or 0) - int(observed.get("updatedReplicas") or 0)
+        return max(int(observed.get("availableReplicas") or 0) - max(old, 0), 0)
+
+    def floor_available(self) -> bool:
+        """The current generation has at least the planned floor available."""
+        return self.deployment is not None and self.current_available() >= self.planned
+
+    def problems(self) -> list[RoleProblem]:
+        """Causes that keep pods from existing, being scheduled, starting or staying up."""
+        found: list[RoleProblem] = []
+        for cond in ((self.deployment or {}).get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+                found.append(RoleProblem(str(cond.get("reason") or "FailedCreate"), str(cond.get("message") or "")))
+            elif cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+                found.append(RoleProblem("ProgressDeadlineExceeded", str(cond.get("message") or "")))
+        seen: set[str] = {p.reason for p in found}
+        for pod in self.pods:
+            problem = pod_problem(pod)
+            if problem is not None and problem.reason not in seen:
+                seen.add(problem.reason)
+                found.append(problem)
+        return found
+
+
+WAITING_PROBLEMS = (
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+)
+"""Container waiting reasons that will not clear by themselves."""
+
+
+def pod_problem(pod: Mapping[str, Any]) -> RoleProblem | None:
+    """The first lasting reason a pod is not ready: unschedulable, image, crash loop, bad config."""
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    status = pod.get("status") or {}
+    name = meta.get("name", "")
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return RoleProblem("Unschedulable", f"pod {name}: {cond.get('message') or 'no node fits'}")
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in WAITING_PROBLEMS:
+            kind = "ImagePullBackOff" if reason in ("ErrImagePull", "InvalidImageName") else reason
+            detail = waiting.get("message") or reason
+            return RoleProblem(kind, f"pod {name} container {container.get('name')}: {detail}")
+    return None
 
 
 def plan_summary(plan: Plan) -> PlanSummary:
@@ -133,8 +211,6 @@ def healthy_status(
     """Status after a successful apply pass; ``zero`` is (at zero, decision) when scale-to-zero is on."""
     statuses = [r.status() for r in roles]
     engine = [s for s in statuses if s.name != "router"]
-    lagging = [r.name for r in roles if not r.rolled_out()]
-    short = [s for s in statuses if s.ready < s.desired]
     conditions = list(previous.conditions)
 
     def put(ctype: ConditionType, status: bool, reason: str, message: str) -> None:
@@ -150,11 +226,14 @@ def healthy_status(
         )
 
     counts = ", ".join(f"{s.name} {s.ready}/{s.desired} ready" for s in statuses)
-    if lagging:
-        put(ConditionType.PROGRESSING, True, "RollingOut", f"rolling out {', '.join(lagging)}; {counts}")
+    rolling = [r.name for r in roles if r.rolling()]
+    short = [r for r in roles if not r.floor_available()]
+    if rolling:
+        put(ConditionType.PROGRESSING, True, "RollingOut", f"rolling out {', '.join(rolling)}; {counts}")
     else:
         put(ConditionType.PROGRESSING, False, "RolloutComplete", f"generation {generation} rolled out; {counts}")
-    ready = not lagging and not short
+    problems = [(r.name, p) for r in short for p in r.problems()]
+    ready = not short
     at_zero = zero is not None and zero[0]
     if ready and at_zero:
         put(
@@ -165,10 +244,19 @@ def healthy_status(
         )
     elif ready:
         put(ConditionType.READY, True, "Available", counts)
+    elif problems:
+        role, first = problems[0]
+        put(ConditionType.READY, False, first.reason, f"{role}: {first.message}; {counts}")
     else:
-        reason = "RollingOut" if lagging else "PodsNotReady"
-        put(ConditionType.READY, False, reason, counts)
-    put(ConditionType.DEGRADED, False, "AsExpected", "spec accepted and children applied")
+        reason = "RollingOut" if rolling else "PodsNotReady"
+        floors = ", ".join(f"{r.name} {r.current_available()}/{r.planned} available" for r in short)
+        put(ConditionType.READY, False, reason, f"below the planned floor: {floors}; {counts}")
+    if problems:
+        role, first = problems[0]
+        detail = "; ".join(f"{name}: {p.reason}: {p.message}" for name, p in problems)
+        put(ConditionType.DEGRADED, True, first.reason, detail)
+    else:
+        put(ConditionType.DEGRADED, False, "AsExpected", "spec accepted and children applied")
     put(ConditionType.PLANNED, planned.planned, planned.reason, planned.message)
     if zero is not None:
         # Stable wording while nothing flips, so a sleeping or busy model costs no status writes.

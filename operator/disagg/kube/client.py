@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 TIMEOUT = (5.0, 30.0)
 USER_AGENT = f"disagg-operator/{__version__}"
 MISSING_API_RECHECK = 60.0
+SERVED_RECHECK = 15.0
+"""Seconds a discovery answer is reused: a CRD installed later is noticed within this."""
+BUILT_IN_APIS = frozenset(
+    {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
+)
 FAILPOINT_ENV = "DISAGG_FAILPOINT"
 WRITE_PHASES = ("apply", "delete", "scale", "status")
 
@@ -75,6 +80,7 @@ class KubeCluster:
         self._missing_apis: dict[str, float] = {}
         """API versions found not served, with when: re-checked after MISSING_API_RECHECK seconds
         (a CRD installed later, e.g. KEDA, is noticed without a restart)."""
+        self._served: dict[str, tuple[bool, float]] = {}
         self._lock = threading.Lock()
         self._failpoint = parse_failpoint(os.environ.get(FAILPOINT_ENV))
         if self._failpoint is not None:
@@ -141,6 +147,28 @@ class KubeCluster:
             item.setdefault("apiVersion", kind.api_version)
             item.setdefault("kind", kind.kind)
         return items
+
+    def served(self, api_version: str) -> bool:
+        """Whether the API server serves this group/version (discovery, cached briefly)."""
+        if api_version in BUILT_IN_APIS:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            cached = self._served.get(api_version)
+        if cached is not None and now - cached[1] < SERVED_RECHECK:
+            return cached[0]
+        try:
+            self._call("GET", f"/apis/{api_version}")
+            answer = True
+        except NotFoundError:
+            answer = False
+        with self._lock:
+            self._served[api_version] = (answer, now)
+            if answer:
+                self._missing_apis.pop(api_version, None)
+            else:
+                self._missing_apis[api_version] = now
+        return answer
 
     def list_children(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         label_selector = selector_string(selector)
@@ -213,6 +241,10 @@ class KubeCluster:
 
     def list_pods(self) -> list[dict[str, Any]]:
         return self._list(POD_KIND, None, fieldSelector="status.phase!=Succeeded,status.phase!=Failed")
+
+    def list_model_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        """One model's pods (read only when a role is short of its floor, to say why)."""
+        return self._list(POD_KIND, namespace, labelSelector=selector_string(selector))
 
     def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -1,41 +1,74 @@
-"""Reading scaling signals from Prometheus (prometheus-api-client), with short timeouts.
+"""Reading scaling signals from Prometheus: one attempt per query, short timeouts, fail fast.
 
 Every failure becomes "no answer" (``None``) plus a one-line reason, never an exception and never
-a zero: the decision layer treats missing data as "keep things as they are".
+a zero: the decision layer treats missing data as "keep things as they are". A Prometheus that
+did not answer is not asked again for ``RETRY_AFTER_SECONDS``: the reconciles of every model
+pointing at it read "unreachable" at once instead of each waiting out its own timeouts, so one
+dead Prometheus never slows the work queue down for other models.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import requests
-from prometheus_api_client import PrometheusConnect
 
 from disagg.api.status import ObservedWorkload
 from disagg.scaling import Queries, Signals, WorkloadQueries
 
 log = logging.getLogger(__name__)
-TIMEOUT_SECONDS = 3
+CONNECT_TIMEOUT_SECONDS = 1.0
+READ_TIMEOUT_SECONDS = 3.0
+RETRY_AFTER_SECONDS = 10.0
 
 
 class PrometheusMetrics:
     """Instant queries against one Prometheus; one client per URL, reused across reconciles."""
 
-    def __init__(self, url: str, *, timeout: int = TIMEOUT_SECONDS) -> None:
-        self.url = url
-        self._client = PrometheusConnect(url=url, disable_ssl=True, timeout=timeout)
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
+        retry_after: float = RETRY_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._timeout = timeout
+        self._retry_after = retry_after
+        self._clock = clock
+        self._session = requests.Session()  # no retry adapter: one attempt, the model's backoff retries
+        self._lock = threading.Lock()
+        self._down: tuple[float, str] | None = None
+        """(when, why) of the last failure to reach this Prometheus."""
 
     def scalar(self, query: str) -> tuple[float | None, str | None]:
         """Sum of the query's vector result, or (None, why) on no data or error."""
+        with self._lock:
+            down = self._down
+        if down is not None and self._clock() - down[0] < self._retry_after:
+            return None, down[1]
         try:
-            result: Any = self._client.custom_query(query)
-        except (requests.RequestException, ValueError, OSError) as exc:
-            return None, f"Prometheus at {self.url} unreachable: {type(exc).__name__}"
-        except Exception as exc:
-            return None, f"Prometheus at {self.url} failed the query: {str(exc)[:200]}"
+            response = self._session.get(f"{self.url}/api/v1/query", params={"query": query}, timeout=self._timeout)
+        except (requests.RequestException, OSError) as exc:
+            why = f"Prometheus at {self.url} unreachable: {type(exc).__name__}"
+            with self._lock:
+                self._down = (self._clock(), why)
+            return None, why
+        with self._lock:
+            self._down = None
+        try:
+            answer: Any = response.json()
+        except ValueError:
+            return None, f"Prometheus at {self.url} answered HTTP {response.status_code} without JSON"
+        if answer.get("status") != "success":
+            return None, f"Prometheus at {self.url} failed the query: {str(answer.get('error'))[:200]}"
+        result = (answer.get("data") or {}).get("result")
         if not isinstance(result, list) or not result:
             return None, None
         try:
@@ -76,7 +109,10 @@ class MetricsSources:
         self._factory = factory
         self._by_url: dict[str, PrometheusMetrics] = {}
 
+        self._lock = threading.Lock()
+
     def get(self, url: str) -> PrometheusMetrics:
-        if url not in self._by_url:
-            self._by_url[url] = self._factory(url)
-        return self._by_url[url]
+        with self._lock:
+            if url not in self._by_url:
+                self._by_url[url] = self._factory(url)
+            return self._by_url[url]

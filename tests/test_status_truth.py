@@ -1,0 +1,171 @@
+"""Status that tells the truth: Ready is the floor of the current generation, and every reason a
+role cannot reach its floor reaches the model in the refusing component's own words."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from disagg.reconcile import reconcile
+from disagg.settings import OperatorSettings
+from tests.conftest import ROOT, MemoryCluster, load
+
+LLAMA = ROOT / "manifests/samples/llama-3.3-70b-disaggregated.yaml"
+SETTINGS = OperatorSettings()
+
+
+def run(cluster: MemoryCluster) -> dict[str, dict[str, Any]]:
+    body = cluster.get_model("default", "llama-70b")
+    assert body is not None
+    reconcile(body, cluster, SETTINGS, now=lambda: "2026-11-28T00:00:00Z")
+    status = cluster.models[("default", "llama-70b")]["status"]
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def deployment(cluster: MemoryCluster, name: str) -> dict[str, Any]:
+    return next(o for (_, k, _, n), o in cluster.objects.items() if k == "Deployment" and n == name)
+
+
+def ready_model(cluster: MemoryCluster) -> None:
+    cluster.add_model(load(LLAMA))
+    run(cluster)
+    cluster.roll_out()
+    assert run(cluster)["Ready"]["status"] == "True"
+
+
+def test_a_scale_up_above_the_floor_keeps_the_model_ready(cluster: MemoryCluster) -> None:
+    ready_model(cluster)
+    prefill = deployment(cluster, "llama-70b-prefill")
+    floor = prefill["spec"]["replicas"]
+    prefill["spec"]["replicas"] = floor + 2  # the HPA adds two pods that take minutes to load
+    prefill["status"].update(replicas=floor + 2, updatedReplicas=floor + 2)
+    conds = run(cluster)
+    assert conds["Ready"]["status"] == "True"
+    assert conds["Progressing"]["status"] == "False"
+    assert conds["Degraded"]["status"] == "False"
+    roles = {r["name"]: r for r in cluster.models[("default", "llama-70b")]["status"]["roles"]}
+    assert roles["prefill"]["desired"] == floor + 2
+    assert roles["prefill"]["ready"] == floor  # the scale-up shows here, not in Ready
+
+
+def test_a_template_change_is_a_rollout_until_the_new_pods_hold_the_floor(cluster: MemoryCluster) -> None:
+    ready_model(cluster)
+    prefill = deployment(cluster, "llama-70b-prefill")
+    floor = prefill["spec"]["replicas"]
+    # one new-template pod surged, not available yet; the old pods still serve
+    prefill["status"].update(replicas=floor + 1, updatedReplicas=1, availableReplicas=floor, readyReplicas=floor)
+    conds = run(cluster)
+    assert conds["Progressing"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False"
+    assert "prefill 0/" in conds["Ready"]["message"]
+
+
+def test_failed_create_under_a_quota_is_degraded_with_the_quota_message(cluster: MemoryCluster) -> None:
+    cluster.add_model(load(LLAMA))
+    run(cluster)
+    cluster.roll_out()
+    decode = deployment(cluster, "llama-70b-decode")
+    quota = 'pods "llama-70b-decode-7d9-x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=8'
+    decode["status"] = {
+        "observedGeneration": decode["metadata"]["generation"],
+        "replicas": 0,
+        "conditions": [
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": quota},
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"},
+        ],
+    }
+    conds = run(cluster)
+    assert conds["Degraded"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "FailedCreate"
+    assert quota in conds["Degraded"]["message"]
+    assert "ProgressDeadlineExceeded" in conds["Degraded"]["message"]
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["reason"] == "FailedCreate"
+    assert ("DegradedTrue", conds["Degraded"]["message"]) in cluster.events
+
+
+def pod(role: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"disagg.dev/model": "llama-70b", "disagg.dev/role": role},
+        },
+        "status": status,
+    }
+
+
+def test_unschedulable_and_image_pull_pods_name_their_cause(cluster: MemoryCluster) -> None:
+    ready_model(cluster)
+    decode = deployment(cluster, "llama-70b-decode")
+    decode["status"].update(readyReplicas=0, availableReplicas=0)
+    unschedulable = "0/14 nodes are available: 14 Insufficient nvidia.com/gpu."
+    cluster.pods = [
+        pod(
+            "decode",
+            "llama-70b-decode-1",
+            {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+                ],
+            },
+        ),
+        pod(
+            "decode",
+            "llama-70b-decode-2",
+            {
+                "containerStatuses": [
+                    {
+                        "name": "vllm",
+                        "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "bad:tag"'}},
+                    }
+                ]
+            },
+        ),
+    ]
+    conds = run(cluster)
+    assert conds["Degraded"]["reason"] == "Unschedulable"
+    assert unschedulable in conds["Degraded"]["message"]
+    assert (
+        'ImagePullBackOff: pod llama-70b-decode-2 container vllm: Back-off pulling "bad:tag"'
+        in conds["Degraded"]["message"]
+    )
+    # fixed: the model recovers and says so
+    cluster.pods = []
+    cluster.roll_out()
+    conds = run(cluster)
+    assert conds["Degraded"]["status"] == "False"
+    assert conds["Ready"]["status"] == "True"
+
+
+def test_pods_are_read_only_when_a_role_is_short(cluster: MemoryCluster) -> None:
+    ready_model(cluster)
+    calls: list[str] = []
+    original = cluster.list_model_pods
+
+    def counting(namespace: str, selector: Any) -> list[dict[str, Any]]:
+        calls.append(namespace)
+        return original(namespace, selector)
+
+    cluster.list_model_pods = counting  # type: ignore[method-assign]
+    run(cluster)
+    assert calls == []
+
+
+def test_a_missing_api_is_named_before_anything_is_applied(cluster: MemoryCluster) -> None:
+    body = load(LLAMA)
+    body["spec"]["autoscaling"] = {"engine": "keda"}
+    cluster.add_model(body)
+    cluster.missing_apis.add("keda.sh/v1alpha1")
+    conds = run(cluster)
+    assert not cluster.objects, "nothing is half-applied"
+    assert conds["Degraded"]["status"] == "True"
+    assert conds["Degraded"]["reason"] == "MissingAPI"
+    assert conds["Degraded"]["message"] == (
+        "keda.sh/v1alpha1 is not served by this cluster: autoscaling.engine: keda needs it (KEDA's ScaledObject);"
+        " install KEDA or set autoscaling.engine: hpa"
+    )
+    assert ("DegradedTrue", conds["Degraded"]["message"]) in cluster.events
+    cluster.missing_apis.clear()  # KEDA installed: the next pass applies everything
+    run(cluster)
+    assert any(kind == "ScaledObject" for (_, kind, _, _) in cluster.objects)
