@@ -129,17 +129,43 @@ def test_invalid_spec_degrades_and_leaves_children_untouched(cluster: MemoryClus
     assert ("DegradedTrue", conds["Degraded"]["message"]) in cluster.events
 
 
-def test_switch_to_aggregated_prunes_disaggregated_children(cluster: MemoryCluster) -> None:
+def test_switch_to_aggregated_makes_before_it_breaks(cluster: MemoryCluster) -> None:
     cluster.add_model(load(LLAMA))
+    run(cluster, "llama-70b")
+    cluster.roll_out()
     run(cluster, "llama-70b")
     model = cluster.models[("default", "llama-70b")]
     model["spec"]["mode"] = "aggregated"
     model["metadata"]["generation"] = 2
     outcome = run(cluster, "llama-70b")
     names = {identity(o)[3] for o in cluster.objects.values() if o["kind"] == "Deployment"}
+    # the new role is applied, the old ones keep serving until it holds its floor
+    assert names == {"llama-70b-prefill-decode", "llama-70b-prefill", "llama-70b-decode", "llama-70b-router"}
+    assert not outcome.deleted
+    conds = conditions(cluster, "llama-70b")
+    assert conds["Progressing"]["reason"] == "SwitchingMode"
+    assert (
+        "decode, prefill keeps serving until prefill-decode hold their planned floor" in conds["Progressing"]["message"]
+    )
+    cluster.roll_out()
+    outcome = run(cluster, "llama-70b")
+    names = {identity(o)[3] for o in cluster.objects.values() if o["kind"] == "Deployment"}
     assert names == {"llama-70b-prefill-decode", "llama-70b-router"}
     assert "Deployment/llama-70b-decode" in outcome.deleted
     assert "HorizontalPodAutoscaler/llama-70b-decode" in outcome.deleted
+
+
+def test_switch_with_replace_prunes_at_once(cluster: MemoryCluster) -> None:
+    cluster.add_model(load(LLAMA))
+    run(cluster, "llama-70b")
+    model = cluster.models[("default", "llama-70b")]
+    model["spec"]["mode"] = "aggregated"
+    model["spec"]["modeSwitch"] = "replace"
+    model["metadata"]["generation"] = 2
+    outcome = run(cluster, "llama-70b")
+    names = {identity(o)[3] for o in cluster.objects.values() if o["kind"] == "Deployment"}
+    assert names == {"llama-70b-prefill-decode", "llama-70b-router"}
+    assert "Deployment/llama-70b-decode" in outcome.deleted
 
 
 def test_children_of_another_owner_are_not_touched(cluster: MemoryCluster) -> None:

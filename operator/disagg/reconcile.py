@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, semantic_errors
+from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, ModeSwitch, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
@@ -263,6 +263,35 @@ def missing_apis(cluster: Cluster, desired: Sequence[Mapping[str, Any]]) -> list
     ]
 
 
+ENGINE_ROLES = frozenset({"prefill", "decode", "prefill-decode"})
+
+
+def _kept_for_mode_switch(
+    spec: DisaggregatedModelSpec,
+    model: ModelRef,
+    plan: Plan,
+    stale: Sequence[Mapping[str, Any]],
+    deployments: Mapping[str, Mapping[str, Any]],
+    settings: OperatorSettings,
+    at_zero: bool,
+) -> list[Mapping[str, Any]]:
+    """Children of engine roles the new mode no longer has, kept while the new roles are short.
+
+    Make before break: the old roles keep serving (the router's config routes to both kinds of
+    pod) until every new role holds its planned floor; then they go in one pass.
+    """
+    if spec.mode_switch != ModeSwitch.MAKE_BEFORE_BREAK or at_zero:
+        return []
+    role_key = f"{settings.prefix}/role"
+    old = [o for o in stale if ((o.get("metadata") or {}).get("labels") or {}).get(role_key) in ENGINE_ROLES]
+    if not old:
+        return []
+    new_roles = _role_observations(model, plan, deployments)
+    if all(role.floor_available() for role in new_roles if role.name in ENGINE_ROLES):
+        return []
+    return old
+
+
 def _sync_scale(cluster: Cluster, deployment: Mapping[str, Any] | None, replicas: int, wake: bool) -> bool:
     """Move an autoscaled Deployment through its /scale subresource, as an autoscaler does.
 
@@ -358,11 +387,6 @@ def reconcile(
                 outcome.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
             else:
                 current[key] = live[key]
-        wanted = {identity(obj) for obj in desired}
-        for key, obj in live.items():
-            if key not in wanted:
-                cluster.delete(obj)
-                outcome.deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
     except (ApiError, NotFoundError) as exc:
         what = f"{obj['kind']} {obj['metadata']['name']}"
         outcome.error = f"{what}: {exc}"
@@ -372,6 +396,14 @@ def reconcile(
         raise
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
+    wanted = {identity(obj) for obj in desired}
+    stale = [obj for key, obj in live.items() if key not in wanted]
+    kept = _kept_for_mode_switch(spec, model, plan, stale, deployments, settings, zero.at_zero)
+    for obj in stale:
+        if obj in kept:
+            continue
+        cluster.delete(obj)
+        outcome.deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
     if zero.enabled and spec.autoscaling.engine == AutoscalingEngine.HPA:
         for role, role_plan in engine_role_plans(plan):
             name = child_name(model.name, role)
@@ -397,6 +429,9 @@ def reconcile(
         placements=decisions,
         now=now(),
         zero=(zero.at_zero, zero.decision) if zero.enabled else None,
+        switching_from=sorted(
+            {str(o["metadata"]["labels"][f"{settings.prefix}/role"]) for o in kept if o.get("kind") == "Deployment"}
+        ),
     )
     status = status.model_copy(update={"replan": replan_record})
     ready = condition(status.conditions, ConditionType.READY.value)

@@ -207,8 +207,10 @@ def healthy_status(
     placements: Sequence[PlacementDecision],
     now: str,
     zero: tuple[bool, ZeroVerdict | None] | None = None,
+    switching_from: Sequence[str] = (),
 ) -> DisaggregatedModelStatus:
-    """Status after a successful apply pass; ``zero`` is (at zero, decision) when scale-to-zero is on."""
+    """Status after a successful apply pass; ``zero`` is (at zero, decision) when scale-to-zero is on;
+    ``switching_from``: old roles kept serving until the new mode's roles hold their floor."""
     statuses = [r.status() for r in roles]
     engine = [s for s in statuses if s.name != "router"]
     conditions = list(previous.conditions)
@@ -228,7 +230,11 @@ def healthy_status(
     counts = ", ".join(f"{s.name} {s.ready}/{s.desired} ready" for s in statuses)
     rolling = [r.name for r in roles if r.rolling()]
     short = [r for r in roles if not r.floor_available()]
-    if rolling:
+    new_roles = ", ".join(r.name for r in roles if r.name != "router")
+    switch = f"{', '.join(switching_from)} keeps serving until {new_roles} hold their planned floor"
+    if switching_from:
+        put(ConditionType.PROGRESSING, True, "SwitchingMode", f"{switch}; {counts}")
+    elif rolling:
         put(ConditionType.PROGRESSING, True, "RollingOut", f"rolling out {', '.join(rolling)}; {counts}")
     else:
         put(ConditionType.PROGRESSING, False, "RolloutComplete", f"generation {generation} rolled out; {counts}")
@@ -247,6 +253,8 @@ def healthy_status(
     elif problems:
         role, first = problems[0]
         put(ConditionType.READY, False, first.reason, f"{role}: {first.message}; {counts}")
+    elif switching_from:
+        put(ConditionType.READY, False, "SwitchingMode", f"{switch}; {counts}")
     else:
         reason = "RollingOut" if rolling else "PodsNotReady"
         floors = ", ".join(f"{r.name} {r.current_available()}/{r.planned} available" for r in short)
@@ -254,6 +262,8 @@ def healthy_status(
     if problems:
         role, first = problems[0]
         detail = "; ".join(f"{name}: {p.reason}: {p.message}" for name, p in problems)
+        if switching_from:
+            detail += f" ({switch}; modeSwitch: replace frees their GPUs first)"
         put(ConditionType.DEGRADED, True, first.reason, detail)
     else:
         put(ConditionType.DEGRADED, False, "AsExpected", "spec accepted and children applied")

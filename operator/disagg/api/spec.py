@@ -37,6 +37,11 @@ class Mode(StrEnum):
     AGGREGATED = "aggregated"
 
 
+class ModeSwitch(StrEnum):
+    MAKE_BEFORE_BREAK = "makeBeforeBreak"
+    REPLACE = "replace"
+
+
 class Dtype(StrEnum):
     BF16 = "bf16"
     FP16 = "fp16"
@@ -425,6 +430,11 @@ class DisaggregatedModelSpec(CamelModel):
     """The model to serve."""
     mode: Mode = Mode.AUTO
     """auto: the planner decides; disaggregated: prefill + decode; aggregated: one prefill-decode role."""
+    mode_switch: ModeSwitch = Field(default_factory=lambda: ModeSwitch.MAKE_BEFORE_BREAK)
+    """When the mode changes: makeBeforeBreak keeps the old roles serving until the new ones hold
+    their planned floor (needs GPUs for both for a while; if the cluster cannot hold both, the new
+    pods wait and Degraded says so); replace removes the old roles at once (capacity drops to zero
+    until the new pods load)."""
     engine: EngineSpec = Field(default_factory=EngineSpec)
     """Engine container settings shared by all engine roles."""
     kv_transfer: KVTransferSpec = Field(default_factory=KVTransferSpec)
