@@ -37,6 +37,19 @@ def _merge(live: Any, applied: Any) -> Any:
     return copy.deepcopy(applied)
 
 
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies a merge-patch+json /status write."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
 class MemoryCluster:
     """The :class:`disagg.kube.Cluster` interface over dicts, counting every write."""
 
@@ -123,7 +136,7 @@ class MemoryCluster:
 
             raise ConflictError("the object has been modified")
         self.writes.append(f"status {name}")
-        model["status"] = copy.deepcopy(dict(status))
+        model["status"] = _merge_patch(model.get("status") or {}, copy.deepcopy(dict(status)))
         model["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(model)
 

@@ -44,7 +44,10 @@ def test_crd_metadata_and_columns() -> None:
     assert doc["spec"]["names"]["shortNames"] == ["dm"]
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Mode", "Ratio", "Ready", "Pods", "Age"]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Mode", "Ratio", "Ready", "Pods", "Age"]
+    wide = [c["name"] for c in columns if c.get("priority") == 1]  # kubectl get dm -o wide
+    assert wide == ["GPUs", "TTFT-ms", "ITL-ms", "Domain", "Reason"]
 
 
 def _rules(node: dict[str, Any]) -> list[str]:

@@ -169,3 +169,77 @@ def test_a_missing_api_is_named_before_anything_is_applied(cluster: MemoryCluste
     cluster.missing_apis.clear()  # KEDA installed: the next pass applies everything
     run(cluster)
     assert any(kind == "ScaledObject" for (_, kind, _, _) in cluster.objects)
+
+
+PACKED = ROOT / "manifests/samples/qwen3-32b-rack-packed.yaml"
+
+
+def _gpu_node(name: str, rack: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"topology.disagg.dev/rack": rack}},
+        "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def _placed(cluster: MemoryCluster, name: str) -> str:
+    return str(cluster.models[("default", name)]["status"]["placement"][0]["domain"])
+
+
+def test_models_placed_together_never_claim_the_same_rack() -> None:
+    """Two 14-GPU models, two 16-GPU racks, no pods bound yet: one rack each."""
+    from disagg.reconcile import PlacementClaims
+
+    cluster = MemoryCluster(nodes=[_gpu_node(f"{r}{i}", f"rack-{r}") for r in "ab" for i in range(2)])
+    for name, uid in (("qwen-one", "u1"), ("qwen-two", "u2")):
+        body = load(PACKED)
+        body["metadata"]["name"] = name
+        cluster.add_model(body, uid=uid)
+    claims = PlacementClaims()
+    for name in ("qwen-one", "qwen-two"):
+        body = cluster.get_model("default", name)
+        assert body is not None
+        reconcile(body, cluster, SETTINGS, now=lambda: "2026-11-28T00:00:00Z", claims=claims)
+    assert {_placed(cluster, "qwen-one"), _placed(cluster, "qwen-two")} == {"rack-a", "rack-b"}
+    # without the shared ledger both would have chosen the same best-fit rack
+    alone = MemoryCluster(nodes=cluster.nodes)
+    for name, uid in (("qwen-one", "u1"), ("qwen-two", "u2")):
+        body = load(PACKED)
+        body["metadata"]["name"] = name
+        alone.add_model(body, uid=uid)
+        model = alone.get_model("default", name)
+        assert model is not None
+        reconcile(model, alone, SETTINGS, now=lambda: "2026-11-28T00:00:00Z")
+    assert _placed(alone, "qwen-one") == _placed(alone, "qwen-two")
+
+
+def test_a_move_to_another_rack_records_an_event() -> None:
+    cluster = MemoryCluster(nodes=[_gpu_node(f"{r}{i}", f"rack-{r}") for r in "ab" for i in range(2)])
+    cluster.add_model(load(PACKED))
+    body = cluster.get_model("default", "qwen3-32b")
+    assert body is not None
+    reconcile(body, cluster, SETTINGS, now=lambda: "2026-11-28T00:00:00Z")
+    first = _placed(cluster, "qwen3-32b")
+    for node in cluster.nodes:  # the rack is cordoned
+        if node["metadata"]["labels"]["topology.disagg.dev/rack"] == first:
+            node["spec"] = {"unschedulable": True}
+    body = cluster.get_model("default", "qwen3-32b")
+    assert body is not None
+    reconcile(body, cluster, SETTINGS, now=lambda: "2026-11-28T00:00:01Z")
+    second = _placed(cluster, "qwen3-32b")
+    assert second != first
+    moved = [m for reason, m in cluster.events if reason == "Moved"]
+    assert moved == [f"rack {first} -> {second}: rack {second} holds the 14 GPUs needed"]
+
+
+def test_a_switch_to_aggregated_drops_the_decode_plan_from_status(cluster: MemoryCluster) -> None:
+    cluster.add_model(load(LLAMA))
+    run(cluster)
+    assert "decode" in cluster.models[("default", "llama-70b")]["status"]["plan"]
+    model = cluster.models[("default", "llama-70b")]
+    model["spec"]["mode"] = "aggregated"
+    model["metadata"]["generation"] = 2
+    run(cluster)
+    plan = cluster.models[("default", "llama-70b")]["status"]["plan"]
+    assert plan["mode"] == "aggregated"
+    assert "decode" not in plan
+    assert "disaggThreshold" not in plan

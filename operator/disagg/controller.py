@@ -18,7 +18,7 @@ from typing import Any
 
 from disagg.kube import ConflictError, NotFoundError
 from disagg.kube.client import KubeCluster
-from disagg.reconcile import Outcome, reconcile
+from disagg.reconcile import Outcome, PlacementClaims, reconcile
 from disagg.scaling.prometheus import MetricsSources
 from disagg.settings import OperatorSettings
 
@@ -53,6 +53,7 @@ class Controller:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._metrics = MetricsSources()
+        self._claims = PlacementClaims()
         self.stats: dict[str, int] = {"reconciles": 0, "writes": 0, "failures": 0}
         """Counters for benchmarks and logs (not exact under races: plain ints, no lock)."""
         self._leading = leading
@@ -84,6 +85,7 @@ class Controller:
             self._backoff_until.pop(key, None)
             self._own_versions.pop(key, None)
             self._sleeping.pop(key, None)
+        self._claims.release(key)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,7 +187,9 @@ class Controller:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 self.forget(key)
                 return
-            outcome = reconcile(body, self._patching_cluster(key), self._settings, metrics=self._metrics.get)
+            outcome = reconcile(
+                body, self._patching_cluster(key), self._settings, metrics=self._metrics.get, claims=self._claims
+            )
         except ConflictError as exc:
             log.info("%s/%s: conflict, retrying: %s", namespace, name, exc)
             self.trigger(key, delay=0.2)

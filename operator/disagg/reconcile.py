@@ -7,9 +7,11 @@ observed world differs from the desired one: an unchanged model costs reads only
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +22,7 @@ from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedW
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
-from disagg.placement import Placement, PodDemand, node_inventory, place
+from disagg.placement import Claim, Placement, PodDemand, node_inventory, place, reserve
 from disagg.planner.plan import Plan, engine_role_plans, engine_roles
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
@@ -57,6 +59,25 @@ class Outcome:
     @property
     def writes(self) -> int:
         return len(self.applied) + len(self.deleted) + len(self.scaled) + int(self.status_written)
+
+
+def with_removals(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` as a JSON merge patch over ``old``: keys ``new`` no longer has are set to null.
+
+    A merge patch keeps every key it does not name, so without this a field that stopped being
+    true (the decode plan after a switch to aggregated) would stay in the status for ever.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(before, Mapping) and isinstance(value, Mapping):
+            patch[key] = with_removals(before, value)
+        else:
+            patch[key] = value
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch
 
 
 def format_validation_error(exc: ValidationError) -> str:
@@ -102,6 +123,33 @@ def pod_demands(spec: DisaggregatedModelSpec, plan: Plan) -> list[PodDemand]:
     return pods
 
 
+class PlacementClaims:
+    """Where each packed model was last placed, shared by the operator's workers.
+
+    Placing and recording happen under one lock, so models reconciled at the same moment (or
+    before the first one's pods are bound) see each other's GPUs as taken.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: dict[tuple[str, str], list[Claim]] = {}
+
+    @contextlib.contextmanager
+    def placing(self, key: tuple[str, str]) -> Iterator[tuple[list[Claim], Callable[[list[Claim]], None]]]:
+        """Other models' claims, and a function that records this model's; held for the whole pass."""
+        with self._lock:
+            others = [c for k, claims in self._claims.items() if k != key for c in claims]
+
+            def record(claims: list[Claim]) -> None:
+                self._claims[key] = claims
+
+            yield others, record
+
+    def release(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._claims.pop(key, None)
+
+
 def _placement(
     spec: DisaggregatedModelSpec,
     plan: Plan,
@@ -109,23 +157,37 @@ def _placement(
     cluster: Cluster,
     settings: OperatorSettings,
     model: ModelRef,
+    claims: PlacementClaims | None,
 ) -> Placement | None:
     if spec.topology.required_level() is None and spec.topology.preferred_level() is None:
         return None
+    demands = pod_demands(spec, plan)
+    pods = cluster.list_pods()
     inventory = node_inventory(
         cluster.list_nodes(),
-        cluster.list_pods(),
+        pods,
         resource=spec.accelerator.resource_name,
         exclude_labels=model_labels(model, settings),
         exclude_namespace=model.namespace,
     )
-    return place(
-        spec.topology,
-        pods=pod_demands(spec, plan),
-        inventory=inventory,
-        settings=settings,
-        previous={p.level: p.domain for p in previous.placement},
-    )
+    ledger = claims or PlacementClaims()
+    with ledger.placing((model.namespace, model.name)) as (others, record):
+        placement = place(
+            spec.topology,
+            pods=demands,
+            inventory=reserve(inventory, others, pods, resource=spec.accelerator.resource_name),
+            settings=settings,
+            previous={p.level: p.domain for p in previous.placement},
+        )
+        if placement is not None:
+            record(
+                [
+                    Claim(model.namespace, model_labels(model, settings), d.node_label, d.domain, tuple(demands))
+                    for d in placement.decisions
+                    if d.domain is not None and d.fits
+                ]
+            )
+    return placement
 
 
 def _role_observations(
@@ -314,8 +376,13 @@ def reconcile(
     settings: OperatorSettings,
     now: Callable[[], str] = utc_now,
     metrics: MetricsLookup | None = None,
+    claims: PlacementClaims | None = None,
 ) -> Outcome:
-    """One level-based pass over a DisaggregatedModel body as read from the API server."""
+    """One level-based pass over a DisaggregatedModel body as read from the API server.
+
+    ``claims``: the operator's shared placement ledger (one per process), so packed models placed
+    close together never pick the same GPUs.
+    """
     meta = body["metadata"]
     model = ModelRef(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid"))
     generation = int(meta.get("generation") or 1)
@@ -325,7 +392,8 @@ def reconcile(
     def write_status(status: DisaggregatedModelStatus) -> None:
         wire = status.wire()
         if wire != previous.wire():
-            cluster.patch_model_status(model.namespace, model.name, wire, meta.get("resourceVersion"))
+            patch = with_removals(body.get("status") or {}, wire)
+            cluster.patch_model_status(model.namespace, model.name, patch, meta.get("resourceVersion"))
             outcome.status_written = True
             _events(cluster, body, previous, status)
 
@@ -353,8 +421,9 @@ def reconcile(
     plan, replan_record = _replanned(spec, resolution.plan, previous, meta, settings, metrics, now())
     zero = _zero_state(spec, previous, meta, settings, metrics, now())
     outcome.zero = zero
-    placement = _placement(spec, plan, previous, cluster, settings, model)
+    placement = _placement(spec, plan, previous, cluster, settings, model, claims)
     decisions = placement.decisions if placement is not None else []
+    _event_moves(cluster, body, previous, decisions)
     rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero)
     desired = [stamp(obj, settings.prefix) for obj in rendered]
     missing = missing_apis(cluster, desired)
@@ -440,6 +509,22 @@ def reconcile(
     if outcome.applied or outcome.deleted:
         log.info("%s/%s: applied %s deleted %s", model.namespace, model.name, outcome.applied, outcome.deleted)
     return outcome
+
+
+def _event_moves(
+    cluster: Cluster, body: Mapping[str, Any], previous: DisaggregatedModelStatus, decisions: Sequence[Any]
+) -> None:
+    """An Event when a model leaves the domain it was placed in (its pods will be re-created)."""
+    before = {p.level: p.domain for p in previous.placement}
+    for decision in decisions:
+        old = before.get(decision.level)
+        if old and decision.domain and old != decision.domain:
+            cluster.event(
+                body,
+                reason="Moved",
+                message=f"{decision.level} {old} -> {decision.domain}: {decision.message}",
+                warning=True,
+            )
 
 
 def _events(

@@ -122,6 +122,22 @@ def crd() -> dict[str, Any]:
                         {"name": "Ready", "type": "string", "jsonPath": ready},
                         {"name": "Pods", "type": "string", "jsonPath": ".status.readyReplicas"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        # -o wide: what the plan predicts and where the model lives
+                        {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpus", "priority": 1},
+                        {
+                            "name": "TTFT-ms",
+                            "type": "number",
+                            "jsonPath": ".status.plan.predictedTtftMs",
+                            "priority": 1,
+                        },
+                        {"name": "ITL-ms", "type": "number", "jsonPath": ".status.plan.predictedItlMs", "priority": 1},
+                        {"name": "Domain", "type": "string", "jsonPath": ".status.placement[0].domain", "priority": 1},
+                        {
+                            "name": "Reason",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                            "priority": 1,
+                        },
                     ],
                     "schema": {
                         "openAPIV3Schema": {

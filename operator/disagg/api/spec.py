@@ -335,7 +335,8 @@ class TopologySpec(CamelModel):
         )
     }
     pack_domain: TopologyLevel | None = None
-    """Shorthand for pack.required."""
+    """Shorthand for pack.required: every engine pod in one domain of this level (the node label
+    the operator maps the level to); pods that do not fit there stay Pending."""
     pack: PackSpec | None = None
     """Packing constraints by topology level."""
 
@@ -452,7 +453,17 @@ class DisaggregatedModelSpec(CamelModel):
     router: RouterSpec = Field(default_factory=RouterSpec)
     """Router (llm-d endpoint picker)."""
     topology: TopologySpec = Field(default_factory=TopologySpec)
-    """Topology packing of prefill and decode pods."""
+    """Keep a model's prefill and decode pods together in one topology domain (a rack by default).
+
+    A level (zone, block, rack, host) means the node label the operator's settings map it to
+    (topologyLabels; defaults topology.kubernetes.io/zone, topology.disagg.dev/block,
+    topology.disagg.dev/rack, kubernetes.io/hostname): a domain is one value of that label. The
+    operator chooses the domain: of those whose Ready, schedulable nodes (matching each role's
+    nodeSelector and tolerating its taints) can hold every planned engine pod, first-fit on free
+    GPUs, the one with the fewest GPUs left over; it keeps its domain while it still fits, and
+    GPUs claimed by other models placed moments before count as taken. The choice is in
+    status.placement; pods get node affinity to it.
+    """
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     """Autoscaling engine and metrics source."""
     scale_to_zero: ScaleToZeroSpec = Field(default_factory=ScaleToZeroSpec)

@@ -343,3 +343,64 @@ def affinity(
             ]
         }
     return result
+
+
+@dataclass(frozen=True)
+class Claim:
+    """GPUs a model was placed on in a domain but whose pods may not be bound to nodes yet."""
+
+    namespace: str
+    model_labels: Mapping[str, str]
+    node_label: str
+    domain: str
+    pods: tuple[PodDemand, ...]
+
+
+def _bound_gpus(pods: Iterable[Mapping[str, Any]], claim: Claim, resource: str) -> list[int]:
+    sizes = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("namespace") != claim.namespace or any(labels.get(k) != v for k, v in claim.model_labels.items()):
+            continue
+        if (pod.get("spec") or {}).get("nodeName"):
+            sizes.append(_gpu_request(pod, resource))
+    return sizes
+
+
+def reserve(
+    inventory: Sequence[NodeInfo], claims: Iterable[Claim], pods: Iterable[Mapping[str, Any]], *, resource: str
+) -> list[NodeInfo]:
+    """The inventory with other models' claims taken out where their pods are not bound yet.
+
+    Two models placed moments apart would otherwise both see a rack as free (the first one's pods
+    are not on nodes yet) and choose it, and one would have to move once its pods fail to schedule.
+    A claim's pods that are already bound count through the node inventory; the rest are put
+    first-fit onto the claimed domain's nodes, as the scheduler would.
+    """
+    pods = list(pods)
+    nodes = list(inventory)
+    for claim in claims:
+        pending = sorted(claim.pods, key=lambda p: -p.gpus)
+        for size in _bound_gpus(pods, claim, resource):
+            match = next((p for p in pending if p.gpus == size), None)
+            if match is not None:
+                pending.remove(match)
+        members = sorted(
+            (i for i, n in enumerate(nodes) if n.labels.get(claim.node_label) == claim.domain),
+            key=lambda i: (-nodes[i].free_gpus, nodes[i].name),
+        )
+        for pod in pending:
+            for index in members:
+                node = nodes[index]
+                if node.free_gpus >= pod.gpus and pod.can_use(node):
+                    nodes[index] = NodeInfo(
+                        name=node.name,
+                        labels=node.labels,
+                        allocatable_gpus=node.allocatable_gpus,
+                        requested_gpus=node.requested_gpus + pod.gpus,
+                        schedulable=node.schedulable,
+                        taints=node.taints,
+                    )
+                    break
+    return nodes
