@@ -128,7 +128,7 @@ def bench_wake(kubectl: Kubectl, env: ClusterEnv, stack: MetricsStack, wakes: in
 
         wait_for(f"{name} awake", awake, timeout=60, interval=0.2)
         time.sleep(1.5)  # let the audit log flush
-        selector = f'llm_d_epp_request_total{{namespace="{namespace}",pod=~"{name}-router-.+"}}'
+        selector = f'llm_d_epp_flow_control_queue_size{{namespace="{namespace}",pod=~"{name}-router-.+"}}'
         visible = first_visible(stack.prometheus, selector, bumped, bumped_at)
         scaled: dict[str, float] = {}
         for when, deployment, _ in scale_writes(env.audit_log, namespace, bumped_at, OPERATOR_AGENTS):

@@ -6,9 +6,10 @@ Pods on kwok nodes run no processes, so the harness stands in for them on the lo
   ``vllm:*`` series; the queue depth and KV-cache use it reports are set through its
   ``--fake-metrics`` flag and ``POST /admin/config``, so tests drive load deterministically);
 - one tiny in-process HTTP server per running router pod exposing the llm-d router's
-  ``llm_d_epp_info`` and ``llm_d_epp_request_total`` series, the latter bumped by a test to
-  create demand. kwok pods run no containers, so the real endpoint picker is not behind these
-  pods; its series names are checked on the real program in e2e/test_router_programs.py;
+  ``llm_d_epp_info``, ``llm_d_epp_flow_control_queue_size`` and ``llm_d_epp_request_total``
+  series; a test "sends" requests, which are held in the queue for a while, then counted. kwok
+  pods run no containers, so the real endpoint picker is not behind these pods; its series names
+  are checked on the real program in e2e/test_router_programs.py;
 - a private Prometheus (Debian's, ``e2e/ensure-prometheus.sh``) scraping them every second through
   file_sd target files that carry each pod's ``namespace`` and ``pod`` labels;
 - prometheus-adapter (built by ``e2e/tools.sh``) with ``manifests/prometheus-adapter/rules.yaml``,
@@ -33,6 +34,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -235,6 +237,10 @@ class Prometheus:
 # -- stand-ins for pods ----------------------------------------------------------------------
 
 
+HOLD_SECONDS = 10.0
+"""How long the router stand-in holds a request in its queue before counting it as scheduled."""
+
+
 class RouterStandin:
     """The llm-d router's request counter for one router pod (the real EPP cannot run on kwok)."""
 
@@ -243,7 +249,7 @@ class RouterStandin:
         self.pod = pod
         self.model = model
         self._lock = threading.Lock()
-        self._count = 0
+        self._arrivals: list[float] = []
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -268,31 +274,46 @@ class RouterStandin:
         self._thread.start()
 
     def exposition(self) -> str:
+        now = time.monotonic()
         with self._lock:
-            count = self._count
-        labels = f'fairness_id="",model_name="{self.model}",priority="0",target_model_name="{self.model}"'
+            held = sum(1 for t in self._arrivals if now - t < HOLD_SECONDS)
+            dispatched = len(self._arrivals) - held
         # the series names and labels llm-d router v0.10.0 exports (e2e/test_router_programs.py
-        # checks them on the real endpoint picker): build info from start, requests once counted
-        info = 'llm_d_epp_info{build_ref="",commit=""} 1\n'
-        requests = f"llm_d_epp_request_total{{{labels}}} {count}\n" if count else ""
-        return (
-            "# HELP llm_d_epp_info Build information.\n"
-            "# TYPE llm_d_epp_info gauge\n"
-            f"{info}"
-            "# HELP llm_d_epp_request_total Counter of inference model requests.\n"
-            "# TYPE llm_d_epp_request_total counter\n"
-            f"{requests}"
-        )
+        # checks them on the real endpoint picker): build info from start; a request first waits
+        # in the flow-control queue (as when no engine is up), then counts as scheduled
+        models = f'model_name="{self.model}",priority="0",target_model_name="{self.model}"'
+        labels = f'fairness_id="",{models}'
+        queue = f'fairness_id="",inference_pool="{self.pod}",{models}'
+        lines = [
+            "# HELP llm_d_epp_info Build information.",
+            "# TYPE llm_d_epp_info gauge",
+            'llm_d_epp_info{build_ref="",commit=""} 1',
+        ]
+        if self._arrivals:
+            lines += [
+                "# HELP llm_d_epp_flow_control_queue_size Requests held in the flow-control queue.",
+                "# TYPE llm_d_epp_flow_control_queue_size gauge",
+                f"llm_d_epp_flow_control_queue_size{{{queue}}} {held}",
+            ]
+        if dispatched:
+            lines += [
+                "# HELP llm_d_epp_request_total Counter of inference model requests.",
+                "# TYPE llm_d_epp_request_total counter",
+                f"llm_d_epp_request_total{{{labels}}} {dispatched}",
+            ]
+        return "\n".join(lines) + "\n"
 
     def bump(self, requests: int = 1) -> int:
+        """``requests`` arrive and are held for HOLD_SECONDS; returns how many are held now."""
+        now = time.monotonic()
         with self._lock:
-            self._count += requests
-            return self._count
+            self._arrivals += [now] * requests
+            return sum(1 for t in self._arrivals if now - t < HOLD_SECONDS)
 
     @property
     def count(self) -> int:
         with self._lock:
-            return self._count
+            return len(self._arrivals)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -214,7 +214,7 @@ def wake(
     wait_replicas(kubectl, namespace, "prefill", lambda v: v >= 1, "awake", 60)
     wait_replicas(kubectl, namespace, "decode", lambda v: v >= 1, "awake", 60)
     observed = time.time()
-    selector = f'llm_d_epp_request_total{{namespace="{namespace}",pod=~"{MODEL}-router-.+"}}'
+    selector = f'llm_d_epp_flow_control_queue_size{{namespace="{namespace}",pod=~"{MODEL}-router-.+"}}'
     visible = first_visible(metrics_stack.prometheus, selector, bumped, bumped_at)
     timings = {"bump_to_observed": observed - bumped_at}
     writes = scale_writes(audit_log, namespace, bumped_at, OPERATOR_AGENTS)

@@ -426,6 +426,11 @@ def reconcile(
     _event_moves(cluster, body, previous, decisions)
     rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero)
     desired = [stamp(obj, settings.prefix) for obj in rendered]
+    live = {
+        identity(obj): obj
+        for obj in cluster.list_children(model.namespace, model_labels(model, settings))
+        if model.uid is None or owned_by(obj, model.uid)
+    }
     missing = missing_apis(cluster, desired)
     if missing:
         # before any write: a half-applied model is worse than an unchanged one
@@ -433,11 +438,6 @@ def reconcile(
         outcome.error = message
         write_status(failed_status(previous, generation=generation, reason="MissingAPI", message=message, now=now()))
         return outcome
-    live = {
-        identity(obj): obj
-        for obj in cluster.list_children(model.namespace, model_labels(model, settings))
-        if model.uid is None or owned_by(obj, model.uid)
-    }
     current: dict[tuple[str, str, str, str], Mapping[str, Any]] = {}
     try:
         for obj in desired:

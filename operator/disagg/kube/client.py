@@ -140,6 +140,7 @@ class KubeCluster:
         except NotFoundError:
             with self._lock:
                 self._missing_apis[kind.api_version] = time.monotonic()
+                self._served[kind.api_version] = (False, time.monotonic())
             log.info("API %s is not served; skipping %s", kind.api_version, kind.kind)
             return []
         items: list[dict[str, Any]] = result.get("items") or []
