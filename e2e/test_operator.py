@@ -261,14 +261,19 @@ def test_two_models_pack_into_different_racks(kubectl: Kubectl, operator: Operat
     wait_ready(kubectl, namespace, "first")
     kubectl.apply(_packed("second", prefill=2, decode=1), namespace)  # 24 more: no longer fits beside the first
     wait_ready(kubectl, namespace, "second")
-    first = model(kubectl, namespace, "first")["status"]["placement"][0]["domain"]
-    second = model(kubectl, namespace, "second")["status"]["placement"][0]["domain"]
+    assert_a_rack_each(kubectl, namespace, "first", "second")
+
+
+def assert_a_rack_each(kubectl: Kubectl, namespace: str, first_name: str, second_name: str) -> None:
+    """The two models were placed in different racks and every engine pod runs in its model's."""
+    first = model(kubectl, namespace, first_name)["status"]["placement"][0]["domain"]
+    second = model(kubectl, namespace, second_name)["status"]["placement"][0]["domain"]
     assert first != second
     racks = node_racks(kubectl)
     for p in pods(kubectl, namespace):
         if p["metadata"]["labels"].get("disagg.dev/role") in ("prefill", "decode"):
             owner = p["metadata"]["labels"]["disagg.dev/model"]
-            assert racks[p["spec"]["nodeName"]] == (first if owner == "first" else second)
+            assert racks[p["spec"]["nodeName"]] == (first if owner == first_name else second)
 
 
 def test_delete_removes_every_child(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:

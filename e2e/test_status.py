@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from e2e.harness import Kubectl, OperatorProcess, wait_for
-from e2e.test_operator import _packed, cond, model, node_racks, pods, sample, wait_ready
+from e2e.test_operator import _packed, assert_a_rack_each, cond, model, pods, sample, wait_ready
 
 ENGINE_ROLES = ("prefill", "decode", "prefill-decode")
 
@@ -234,14 +234,7 @@ def test_two_rack_models_applied_together_get_a_rack_each(
     kubectl.run("apply", "--server-side", "-n", namespace, "-f", "-", stdin="---\n".join(_yaml(b) for b in both))
     wait_ready(kubectl, namespace, "first", timeout=180)
     wait_ready(kubectl, namespace, "second", timeout=180)
-    first = model(kubectl, namespace, "first")["status"]["placement"][0]["domain"]
-    second = model(kubectl, namespace, "second")["status"]["placement"][0]["domain"]
-    assert first != second
-    racks = node_racks(kubectl)
-    for p in pods(kubectl, namespace):
-        if p["metadata"]["labels"].get("disagg.dev/role") in ("prefill", "decode"):
-            owner = p["metadata"]["labels"]["disagg.dev/model"]
-            assert racks[p["spec"]["nodeName"]] == (first if owner == "first" else second)
+    assert_a_rack_each(kubectl, namespace, "first", "second")
     assert not events(kubectl, namespace, "Moved"), "placed right the first time: no move"
 
 

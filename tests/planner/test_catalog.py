@@ -155,3 +155,32 @@ def test_dtype_and_backend_names() -> None:
     assert get_backend("TensorRT-LLM").name == "trtllm"
     with pytest.raises(PlanningError, match="unknown backend"):
         get_backend("tgi")
+
+
+@pytest.mark.parametrize(
+    ("spelling", "gpu"),
+    [
+        ("b200_sxm", "b200"),
+        ("B200", "b200"),
+        ("nvidia-b200", "b200"),
+        ("NVIDIA-B200", "b200"),  # GPU Feature Discovery's nvidia.com/gpu.product
+        ("b300_sxm", "b300"),
+        ("NVIDIA-B300-SXM6-AC", "b300"),
+        ("NVIDIA-H100-80GB-HBM3", "h100-sxm"),
+        ("h100_sxm", "h100-sxm"),
+        ("NVIDIA-H200", "h200-sxm"),
+        ("NVIDIA-H200-141GB-HBM3e", "h200-sxm"),
+        ("NVIDIA-A100-SXM4-80GB", "a100-80g"),
+        ("NVIDIA-GB200", "gb200"),
+        ("NVIDIA-L40S", "l40s"),
+    ],
+)
+def test_gpu_names_as_users_and_clusters_spell_them(spelling: str, gpu: str) -> None:
+    assert get_gpu(spelling).name == gpu
+
+
+@pytest.mark.parametrize("spelling", ["NVIDIA-H100-PCIe", "NVIDIA-H100-NVL", "NVIDIA-A100-SXM4-40GB", "mi300x"])
+def test_variants_the_catalog_does_not_hold_are_never_guessed(spelling: str) -> None:
+    """A PCIe H100 has 2 TB/s and no NVLink: planning it as the SXM part would mislead."""
+    with pytest.raises(PlanningError, match="unknown GPU"):
+        get_gpu(spelling)

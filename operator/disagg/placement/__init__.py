@@ -10,6 +10,7 @@ its role's nodeSelector, every NoSchedule/NoExecute taint tolerated), as the sch
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -394,13 +395,6 @@ def reserve(
             for index in members:
                 node = nodes[index]
                 if node.free_gpus >= pod.gpus and pod.can_use(node):
-                    nodes[index] = NodeInfo(
-                        name=node.name,
-                        labels=node.labels,
-                        allocatable_gpus=node.allocatable_gpus,
-                        requested_gpus=node.requested_gpus + pod.gpus,
-                        schedulable=node.schedulable,
-                        taints=node.taints,
-                    )
+                    nodes[index] = dataclasses.replace(node, requested_gpus=node.requested_gpus + pod.gpus)
                     break
     return nodes

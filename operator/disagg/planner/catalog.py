@@ -146,17 +146,42 @@ GPUS: dict[str, GPU] = {
 }
 _GPU_ALIASES = {"a100": "a100-80g", "a100-sxm": "a100-80g", "h100": "h100-sxm", "h200": "h200-sxm"}
 
+_PRODUCT = re.compile(
+    r"^(?:nvidia-)?(?:tesla-)?(?P<family>a100|h100|h200|gb200|gb300|b200|b300|l40s)"
+    r"(?P<rest>(?:-[a-z0-9]+)*)$"
+)
+"""A GPU as users and clusters spell it: ``b200_sxm``, ``B200``, ``nvidia-b200`` and GPU Feature
+Discovery's ``nvidia.com/gpu.product`` values (``NVIDIA-H100-80GB-HBM3``, ``NVIDIA-B200``)."""
+_NOT_THE_SXM_PART = ("pcie", "nvl", "40gb", "94gb", "-mig-")
+"""Variants with other memory, bandwidth or interconnect than the catalog entry: never guessed."""
+
 
 def _norm(name: str) -> str:
     return re.sub(r"[\s_]+", "-", name.strip().lower())
 
 
-def get_gpu(name: str) -> GPU:
-    """A catalog GPU by name; ``H100_SXM``, ``h100-sxm`` and ``h100`` all work."""
+def gpu_key(name: str) -> str | None:
+    """The catalog name a GPU spelling means, or None when it names no catalog GPU."""
     key = _norm(name)
     key = _GPU_ALIASES.get(key, key)
-    if key not in GPUS:
-        raise PlanningError(f"unknown GPU {name!r}; known: {', '.join(GPUS)}")
+    if key in GPUS:
+        return key
+    match = _PRODUCT.match(key)
+    if match is None or any(part in f"{key}-" for part in _NOT_THE_SXM_PART):
+        return None
+    family = match.group("family")
+    if family == "a100" and "80gb" not in match.group("rest") and match.group("rest") not in ("", "-sxm", "-sxm4"):
+        return None
+    return _GPU_ALIASES.get(family, family)
+
+
+def get_gpu(name: str) -> GPU:
+    """A catalog GPU by any usual spelling (``H100_SXM``, ``h100-sxm``, ``h100``, ``NVIDIA-H100-80GB-HBM3``)."""
+    key = gpu_key(name)
+    if key is None:
+        raise PlanningError(
+            f"unknown GPU {name!r}; known: {', '.join(GPUS)} (also as GPU Feature Discovery names them)"
+        )
     return GPUS[key]
 
 
