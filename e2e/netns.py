@@ -17,6 +17,7 @@ Needs root (``ip netns add``). Every namespace, process and socket is removed by
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -148,8 +149,13 @@ class PodNetwork:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=30)
-        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True, timeout=30)
+        try:
+            subprocess.run(["ip", "netns", "add", self.name], check=True, timeout=30)
+            subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True, timeout=30)
+        except BaseException:
+            subprocess.run(["ip", "netns", "delete", self.name], check=False, timeout=30)
+            shutil.rmtree(self.sockets, ignore_errors=True)
+            raise
 
     def spawn(
         self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, log: Path | None = None
@@ -193,22 +199,26 @@ class PodNetwork:
         return path
 
     def close(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        subprocess.run(["ip", "netns", "delete", self.name], check=False, timeout=30)
-        shutil.rmtree(self.sockets, ignore_errors=True)
+        """Stop every process (TERM, then KILL), the bridges, the namespace and its sockets."""
+        try:
+            for proc in self._procs:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+            for proc in self._procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=10)
+        finally:
+            self._stop.set()
+            for thread in self._threads:
+                thread.join(timeout=5)
+            subprocess.run(["ip", "netns", "delete", self.name], check=False, timeout=30)
+            shutil.rmtree(self.sockets, ignore_errors=True)
 
 
 class TlsPipe:
@@ -216,26 +226,76 @@ class TlsPipe:
 
     Stands in for Envoy's ``UpstreamTlsContext`` with an empty validation context: TLS (ALPN h2),
     no certificate verification, as llm-d's Envoy talks to the endpoint picker's self-signed
-    certificate. gRPC clients then use a plaintext channel to :attr:`port`.
+    certificate. gRPC clients then use a plaintext channel to :attr:`port`. One asyncio loop in
+    one thread owns every TLS connection (an SSL object is never used from two threads); the
+    handshake is bounded.
     """
 
+    HANDSHAKE_SECONDS = 10.0
+
     def __init__(self, unix_path: str) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["h2"])
-        self._stop = threading.Event()
-        listener = tcp_listener()
-        self.port: int = listener.getsockname()[1]
+        self._context = ssl.create_default_context()
+        self._context.check_hostname = False
+        self._context.verify_mode = ssl.CERT_NONE
+        self._context.set_alpn_protocols(["h2"])
+        self._path = unix_path
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self._thread.start()
+        if not started.wait(timeout=10):
+            raise RuntimeError("TLS pipe did not start")
 
-        def connect() -> socket.socket:
-            return context.wrap_socket(unix_connect(unix_path), server_hostname="localhost")
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port: int = self._server.sockets[0].getsockname()[1]
+        started.set()
+        self._loop.run_forever()
 
-        self._thread = serve(listener, connect, self._stop)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self._path, ssl=self._context, server_hostname="localhost"),
+                timeout=self.HANDSHAKE_SECONDS,
+            )
+        except (OSError, TimeoutError, ssl.SSLError):
+            writer.close()
+            return
+        self._writers.add(up_writer)
+
+        async def copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(CHUNK):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        async def stop() -> None:
+            self._server.close()
+            for writer in self._writers:
+                writer.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for writer in self._writers:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
 
 if __name__ == "__main__":

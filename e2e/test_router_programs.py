@@ -387,13 +387,15 @@ def check_held_request(
     model = body["metadata"]["name"]
     # Prometheus scrapes the picker's metrics port as the PodMonitor would, with pod labels
     stop = threading.Event()
-    listener = tcp_listener()
-    scrape_port = listener.getsockname()[1]
-    server = serve(listener, lambda: unix_connect(metrics_socket), stop)
+    server: threading.Thread | None = None
+    tls: TlsPipe | None = None
     prometheus = Prometheus(workdir / "prometheus")
-    tls = TlsPipe(grpc_socket)
     held: HeldRequest | None = None
     try:
+        listener = tcp_listener()
+        scrape_port = listener.getsockname()[1]
+        server = serve(listener, lambda: unix_connect(metrics_socket), stop)
+        tls = TlsPipe(grpc_socket)
         prometheus.start()
         prometheus.write_targets(
             "router", [{"targets": [f"127.0.0.1:{scrape_port}"], "labels": {"namespace": namespace, "pod": pod}}]
@@ -423,10 +425,12 @@ def check_held_request(
     finally:
         if held is not None:
             held.close()
-        tls.close()
+        if tls is not None:
+            tls.close()
         prometheus.stop()
         stop.set()
-        server.join(timeout=5)
+        if server is not None:
+            server.join(timeout=5)
 
 
 def run_sidecar(objects: list[dict[str, Any]], *, bins: dict[str, Path], workdir: Path, namespace: str) -> None:

@@ -258,13 +258,14 @@ build_llm-d-router() {
     echo "prebuilt copy: ${dir}"
     xz -dc "${dir}/epp.xz" >"${out}/epp"
     xz -dc "${dir}/pd-sidecar.xz" >"${out}/pd-sidecar"
+    # a prebuilt copy is taken only if it is exactly the build pinned in versions.env
+    local got
+    got="$(sha256sum "${out}/epp" | cut -d' ' -f1)"
+    [[ "${got}" == "${LLMD_ROUTER_EPP_SHA256}" ]] || die "epp sha256 ${got} != pinned ${LLMD_ROUTER_EPP_SHA256}"
+    got="$(sha256sum "${out}/pd-sidecar" | cut -d' ' -f1)"
+    [[ "${got}" == "${LLMD_ROUTER_PD_SIDECAR_SHA256}" ]] || die "pd-sidecar sha256 ${got} != pinned ${LLMD_ROUTER_PD_SIDECAR_SHA256}"
   fi
   chmod +x "${out}/epp" "${out}/pd-sidecar"
-  local got
-  got="$(sha256sum "${out}/epp" | cut -d' ' -f1)"
-  [[ "${got}" == "${LLMD_ROUTER_EPP_SHA256}" ]] || die "epp sha256 ${got} != pinned ${LLMD_ROUTER_EPP_SHA256}"
-  got="$(sha256sum "${out}/pd-sidecar" | cut -d' ' -f1)"
-  [[ "${got}" == "${LLMD_ROUTER_PD_SIDECAR_SHA256}" ]] || die "pd-sidecar sha256 ${got} != pinned ${LLMD_ROUTER_PD_SIDECAR_SHA256}"
 }
 
 # module_crds NAME MODULE VERSION SUBDIR: copy SUBDIR/*.yaml of a Go module (downloaded once,

@@ -176,9 +176,8 @@ def test_network_policy_lets_only_the_router_engines_and_scrapers_in() -> None:
     (policy,) = by_kind(objects_of(), "NetworkPolicy").values()
     selector = policy["spec"]["podSelector"]
     assert selector["matchLabels"] == {"disagg.dev/model": "llama-70b"}
-    assert selector["matchExpressions"] == [
-        {"key": "disagg.dev/role", "operator": "In", "values": ["decode", "prefill"]}
-    ]
+    roles = ["decode", "prefill", "prefill-decode"]  # every engine role: old pods serve during a mode switch
+    assert selector["matchExpressions"] == [{"key": "disagg.dev/role", "operator": "In", "values": roles}]
     serving, engines = policy["spec"]["ingress"]
     assert ingress_ports(serving) == {8000, 8200}
     assert serving["from"][0] == {

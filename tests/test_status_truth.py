@@ -117,6 +117,7 @@ def test_unschedulable_and_image_pull_pods_name_their_cause(cluster: MemoryClust
                 "containerStatuses": [
                     {
                         "name": "vllm",
+                        "image": "bad:tag",
                         "state": {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "bad:tag"'}},
                     }
                 ]
@@ -127,7 +128,7 @@ def test_unschedulable_and_image_pull_pods_name_their_cause(cluster: MemoryClust
     assert conds["Degraded"]["reason"] == "Unschedulable"
     assert unschedulable in conds["Degraded"]["message"]
     assert (
-        'ImagePullBackOff: pod llama-70b-decode-2 container vllm: Back-off pulling "bad:tag"'
+        "ImagePullBackOff: pod llama-70b-decode-2 container vllm: cannot pull image bad:tag"
         in conds["Degraded"]["message"]
     )
     # fixed: the model recovers and says so
@@ -243,3 +244,61 @@ def test_a_switch_to_aggregated_drops_the_decode_plan_from_status(cluster: Memor
     assert plan["mode"] == "aggregated"
     assert "decode" not in plan
     assert "disaggThreshold" not in plan
+
+
+def test_a_crash_loop_reads_the_same_while_running_and_while_backing_off(cluster: MemoryCluster) -> None:
+    """A crash-looping vLLM spends minutes loading between back-offs: the status must not flap."""
+    ready_model(cluster)
+    decode = deployment(cluster, "llama-70b-decode")
+    decode["status"].update(readyReplicas=0, availableReplicas=0)
+    last = {"terminated": {"exitCode": 1, "reason": "Error"}}
+    running = {"name": "vllm", "ready": False, "restartCount": 3, "lastState": last, "state": {"running": {}}}
+    waiting = {
+        **running,
+        "restartCount": 4,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+    }
+    cluster.pods = [pod("decode", "llama-70b-decode-1", {"containerStatuses": [running]})]
+    first = run(cluster)["Degraded"]
+    assert first["reason"] == "CrashLoopBackOff"
+    assert "keeps restarting (last exit code 1: Error)" in first["message"]
+    cluster.pods = [pod("decode", "llama-70b-decode-1", {"containerStatuses": [waiting]})]
+    cluster.writes.clear()
+    assert run(cluster)["Degraded"] == first
+    assert cluster.writes == [], "the same cause must not rewrite the status"
+
+
+def test_a_new_model_is_progressing_until_its_pods_hold_the_floor(cluster: MemoryCluster) -> None:
+    cluster.add_model(load(LLAMA))
+    run(cluster)
+    cluster.roll_out()
+    prefill = deployment(cluster, "llama-70b-prefill")
+    prefill["status"].update(readyReplicas=0, availableReplicas=0)  # created, still loading weights
+    conds = run(cluster)
+    assert conds["Progressing"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False"
+
+
+def test_an_autoscaler_bumping_the_generation_is_not_a_rollout(cluster: MemoryCluster) -> None:
+    """/scale writes bump metadata.generation; until the controller catches up, the template is
+    still the one the operator wrote, so the model stays Ready."""
+    ready_model(cluster)
+    prefill = deployment(cluster, "llama-70b-prefill")
+    prefill["metadata"]["generation"] += 1  # the HPA scaled; the controller has not observed it yet
+    prefill["spec"]["replicas"] += 1
+    cluster.writes.clear()
+    conds = run(cluster)
+    assert conds["Ready"]["status"] == "True"
+    assert conds["Progressing"]["status"] == "False"
+
+
+def test_a_stale_child_of_a_role_that_stays_goes_at_once(cluster: MemoryCluster) -> None:
+    """Make-before-break keeps only roles the new mode lost, never e.g. an HPA no longer rendered."""
+    ready_model(cluster)
+    model = cluster.models[("default", "llama-70b")]
+    model["spec"]["decode"]["replicas"] = {"min": 2, "max": 2}  # fixed size: decode's HPA goes
+    model["metadata"]["generation"] = 2
+    body = cluster.get_model("default", "llama-70b")
+    assert body is not None
+    outcome = reconcile(body, cluster, SETTINGS, now=lambda: "2026-11-28T00:00:00Z")
+    assert "HorizontalPodAutoscaler/llama-70b-decode" in outcome.deleted

@@ -47,6 +47,7 @@ class Controller:
         self._again: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._backoff_until: dict[Key, float] = {}
+        self._edited: set[Key] = set()
         """After a failed pass: no retry before this, whatever child events or resyncs ask (a user's
         edit of the model itself still goes through at once)."""
         self._own_versions: dict[Key, str] = {}
@@ -72,6 +73,8 @@ class Controller:
             due = time.monotonic() + delay
             if resource_version is None:  # not an edit of the model: a failing model waits its backoff
                 due = max(due, self._backoff_until.get(key, 0.0))
+            elif key in self._busy:
+                self._edited.add(key)  # survives the backoff a failing pass is about to set
             if key in self._busy:  # picked up again when the running pass ends, not before ``due``
                 self._again[key] = min(self._again.get(key, due), due)
                 return
@@ -182,6 +185,8 @@ class Controller:
 
     def _reconcile_key(self, key: Key) -> None:
         namespace, name = key
+        with self._cond:
+            self._edited.discard(key)  # this pass reads the model as it is now
         try:
             body = self._cluster.get_model(namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
@@ -233,8 +238,12 @@ class Controller:
         until = time.monotonic() + delay
         with self._cond:
             self._backoff_until[key] = until
-            # the key is busy: events that came during this pass asked for "now"; the backoff wins
-            self._again[key] = until
+            # the key is busy: child events that came during this pass asked for "now"; the backoff
+            # wins over them, not over an edit of the model itself
+            if key in self._edited:
+                self._edited.discard(key)
+            else:
+                self._again[key] = until
             self._due.pop(key, None)
         log.warning("%s/%s: reconcile failed (attempt %d, retry in %.0fs): %s", namespace, name, failures, delay, exc)
 

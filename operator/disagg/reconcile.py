@@ -158,8 +158,11 @@ def _placement(
     settings: OperatorSettings,
     model: ModelRef,
     claims: PlacementClaims | None,
+    at_zero: bool = False,
 ) -> Placement | None:
     if spec.topology.required_level() is None and spec.topology.preferred_level() is None:
+        if claims is not None:
+            claims.release((model.namespace, model.name))
         return None
     demands = pod_demands(spec, plan)
     pods = cluster.list_pods()
@@ -179,7 +182,7 @@ def _placement(
             settings=settings,
             previous={p.level: p.domain for p in previous.placement},
         )
-        if placement is not None:
+        if placement is not None and not at_zero:  # asleep, a model holds no GPUs
             record(
                 [
                     Claim(model.namespace, model_labels(model, settings), d.node_label, d.domain, tuple(demands))
@@ -187,6 +190,8 @@ def _placement(
                     if d.domain is not None and d.fits
                 ]
             )
+        elif at_zero:
+            record([])
     return placement
 
 
@@ -198,6 +203,7 @@ def _role_observations(
     engines_at_zero: bool = False,
     pods: Sequence[Mapping[str, Any]] = (),
     role_label: str = "",
+    template_generations: Mapping[str, int | None] | None = None,
 ) -> list[RoleObservation]:
     roles: list[tuple[str, int, int | None]] = [
         (name, role_plan.replicas, role_plan.tensor_parallel) for name, role_plan in engine_role_plans(plan)
@@ -210,6 +216,7 @@ def _role_observations(
             planned=0 if engines_at_zero and role != ROLE_ROUTER else planned,
             tensor_parallel=tp,
             pods=[p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(role_label) == role],
+            template_generation=(template_generations or {}).get(role),
         )
         for role, planned, tp in roles
     ]
@@ -328,6 +335,19 @@ def missing_apis(cluster: Cluster, desired: Sequence[Mapping[str, Any]]) -> list
 ENGINE_ROLES = frozenset({"prefill", "decode", "prefill-decode"})
 
 
+def _template_generations(
+    model: ModelRef, previous: DisaggregatedModelStatus, applied: Mapping[str, int]
+) -> dict[str, int | None]:
+    """Per role: the Deployment generation of the operator's last template write (this pass's
+    apply, else what the status recorded); None when unknown."""
+    known: dict[str, int | None] = {r.name: r.template_generation for r in previous.roles}
+    for role in (*sorted(ENGINE_ROLES), ROLE_ROUTER):
+        name = child_name(model.name, role)
+        if name in applied:
+            known[role] = applied[name]
+    return known
+
+
 def _kept_for_mode_switch(
     spec: DisaggregatedModelSpec,
     model: ModelRef,
@@ -345,7 +365,9 @@ def _kept_for_mode_switch(
     if spec.mode_switch != ModeSwitch.MAKE_BEFORE_BREAK or at_zero:
         return []
     role_key = f"{settings.prefix}/role"
-    old = [o for o in stale if ((o.get("metadata") or {}).get("labels") or {}).get(role_key) in ENGINE_ROLES]
+    gone_roles = ENGINE_ROLES - {name for name, _ in engine_role_plans(plan)}
+    # only the children of roles the new mode has no more; a stale HPA of a role that stays goes at once
+    old = [o for o in stale if ((o.get("metadata") or {}).get("labels") or {}).get(role_key) in gone_roles]
     if not old:
         return []
     new_roles = _role_observations(model, plan, deployments)
@@ -421,9 +443,8 @@ def reconcile(
     plan, replan_record = _replanned(spec, resolution.plan, previous, meta, settings, metrics, now())
     zero = _zero_state(spec, previous, meta, settings, metrics, now())
     outcome.zero = zero
-    placement = _placement(spec, plan, previous, cluster, settings, model, claims)
+    placement = _placement(spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero)
     decisions = placement.decisions if placement is not None else []
-    _event_moves(cluster, body, previous, decisions)
     rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero)
     desired = [stamp(obj, settings.prefix) for obj in rendered]
     live = {
@@ -439,6 +460,7 @@ def reconcile(
         write_status(failed_status(previous, generation=generation, reason="MissingAPI", message=message, now=now()))
         return outcome
     current: dict[tuple[str, str, str, str], Mapping[str, Any]] = {}
+    applied_generation: dict[str, int] = {}
     try:
         for obj in desired:
             key = identity(obj)
@@ -454,6 +476,8 @@ def reconcile(
                 )
                 current[key] = cluster.apply(obj)
                 outcome.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
+                if obj["kind"] == "Deployment":
+                    applied_generation[key[3]] = int((current[key].get("metadata") or {}).get("generation") or 0)
             else:
                 current[key] = live[key]
     except (ApiError, NotFoundError) as exc:
@@ -482,12 +506,19 @@ def reconcile(
                 scaled = dict(deployments[name])
                 scaled["spec"] = {**scaled.get("spec", {}), "replicas": target}
                 deployments[name] = scaled
-    roles = _role_observations(model, plan, deployments, engines_at_zero=zero.at_zero)
+    generations = _template_generations(model, previous, applied_generation)
+    roles = _role_observations(model, plan, deployments, engines_at_zero=zero.at_zero, template_generations=generations)
     if any(not role.floor_available() for role in roles):
         # only a role short of its floor needs its pods read: they say why (quota, scheduling, images)
         pods = cluster.list_model_pods(model.namespace, model_labels(model, settings))
         roles = _role_observations(
-            model, plan, deployments, engines_at_zero=zero.at_zero, pods=pods, role_label=f"{settings.prefix}/role"
+            model,
+            plan,
+            deployments,
+            engines_at_zero=zero.at_zero,
+            pods=pods,
+            role_label=f"{settings.prefix}/role",
+            template_generations=generations,
         )
     status = healthy_status(
         previous,
@@ -506,6 +537,8 @@ def reconcile(
     ready = condition(status.conditions, ConditionType.READY.value)
     outcome.ready = ready is not None and ready.status == "True"
     write_status(status)
+    if outcome.status_written:  # once: the status now carries the new domain
+        _event_moves(cluster, body, previous, decisions)
     if outcome.applied or outcome.deleted:
         log.info("%s/%s: applied %s deleted %s", model.namespace, model.name, outcome.applied, outcome.deleted)
     return outcome

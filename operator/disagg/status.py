@@ -66,6 +66,8 @@ class RoleObservation:
     tensor_parallel: int | None
     pods: Sequence[Mapping[str, Any]] = ()
     """The role's pods (for the reasons they are not ready)."""
+    template_generation: int | None = None
+    """Generation of the operator's last template change (None: unknown, any lag counts)."""
 
     def desired(self) -> int:
         """The Deployment's replicas (an autoscaler may have raised them), never below the planned floor."""
@@ -83,26 +85,34 @@ class RoleObservation:
             updated=int(observed.get("updatedReplicas") or 0),
             ready=int(observed.get("readyReplicas") or 0),
             tensor_parallel=self.tensor_parallel,
+            template_generation=self.template_generation if self.deployment is not None else None,
         )
 
     def _observed(self) -> dict[str, Any] | None:
+        """The Deployment's status, if its controller has seen the current pod template.
+
+        An autoscaler's /scale write bumps the generation too; when the operator knows the
+        generation of its own last template change, a controller that has seen that one is current.
+        """
         if self.deployment is None:
             return None
         meta = self.deployment.get("metadata") or {}
         observed: dict[str, Any] = dict(self.deployment.get("status") or {})
-        if int(observed.get("observedGeneration") or 0) < int(meta.get("generation") or 1):
+        needed = self.template_generation or int(meta.get("generation") or 1)
+        if int(observed.get("observedGeneration") or 0) < needed:
             return None
         return observed
 
     def rolling(self) -> bool:
-        """A template change is under way: the controller has not seen it yet, or old pods remain.
+        """A template change is under way: not yet seen, old pods remain, or the new ones are short.
 
         Pods an autoscaler adds run the current template, so a scale-up is not a rollout.
         """
         observed = self._observed()
         if observed is None:
             return True
-        return int(observed.get("updatedReplicas") or 0) < int(observed.get("replicas") or 0)
+        old_pods_left = int(observed.get("updatedReplicas") or 0) < int(observed.get("replicas") or 0)
+        return old_pods_left or self.current_available() < self.planned
 
     def current_available(self) -> int:
         """Available pods of the current template (a lower bound: old pods are assumed available)."""
@@ -125,7 +135,7 @@ class RoleObservation:
             elif cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
                 found.append(RoleProblem("ProgressDeadlineExceeded", str(cond.get("message") or "")))
         seen: set[str] = {p.reason for p in found}
-        for pod in self.pods:
+        for pod in sorted(self.pods, key=lambda p: str((p.get("metadata") or {}).get("name", ""))):
             problem = pod_problem(pod)
             if problem is not None and problem.reason not in seen:
                 seen.add(problem.reason)
@@ -133,37 +143,34 @@ class RoleObservation:
         return found
 
 
-WAITING_PROBLEMS = (
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "CrashLoopBackOff",
-    "CreateContainerConfigError",
-    "InvalidImageName",
-)
-"""Container waiting reasons that will not clear by themselves."""
-
-
 def pod_problem(pod: Mapping[str, Any]) -> RoleProblem | None:
-    """The first lasting reason a pod is not ready: unschedulable, image, crash loop, bad config."""
+    """The first lasting reason a pod is not ready: unschedulable, image, crash loop, bad config.
+
+    Worded to stay the same while the cause lasts (no restart counts, no back-off phase), so a
+    broken model does not rewrite its status on every pass.
+    """
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return None
     status = pod.get("status") or {}
     name = meta.get("name", "")
     for cond in status.get("conditions") or []:
-        if (
-            cond.get("type") == "PodScheduled"
-            and cond.get("status") == "False"
-            and cond.get("reason") == "Unschedulable"
-        ):
+        unschedulable = cond.get("status") == "False" and cond.get("reason") == "Unschedulable"
+        if cond.get("type") == "PodScheduled" and unschedulable:
             return RoleProblem("Unschedulable", f"pod {name}: {cond.get('message') or 'no node fits'}")
     for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = (container.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
-        if reason in WAITING_PROBLEMS:
-            kind = "ImagePullBackOff" if reason in ("ErrImagePull", "InvalidImageName") else reason
-            detail = waiting.get("message") or reason
-            return RoleProblem(kind, f"pod {name} container {container.get('name')}: {detail}")
+        where = f"pod {name} container {container.get('name')}"
+        if reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            return RoleProblem("ImagePullBackOff", f"{where}: cannot pull image {container.get('image', '')}")
+        if reason in ("CreateContainerConfigError", "CreateContainerError"):
+            return RoleProblem(reason, f"{where}: {waiting.get('message') or reason}")
+        last = (container.get("lastState") or {}).get("terminated")
+        # a crash-looping engine spends most of its time running (loading) between back-offs
+        if int(container.get("restartCount") or 0) > 0 and last and not container.get("ready"):
+            code, why = last.get("exitCode"), last.get("reason") or "Error"
+            return RoleProblem("CrashLoopBackOff", f"{where} keeps restarting (last exit code {code}: {why})")
     return None
 
 

@@ -52,6 +52,9 @@ class RoleStatus(CamelModel):
     """Pods ready to serve."""
     tensor_parallel: int | None = None
     """GPUs per pod."""
+    template_generation: int | None = None
+    """The Deployment's generation when the operator last changed its pod template: a controller
+    that has not observed it is rolling out; a later generation only scaled (an autoscaler)."""
 
 
 class RolePlan(CamelModel):

@@ -357,14 +357,15 @@ class Claim:
     pods: tuple[PodDemand, ...]
 
 
-def _bound_gpus(pods: Iterable[Mapping[str, Any]], claim: Claim, resource: str) -> list[int]:
+def _bound_gpus(pods: Iterable[Mapping[str, Any]], claim: Claim, resource: str, nodes: set[str]) -> list[int]:
+    """GPU requests of the claimant's pods already bound to a node of the claimed domain."""
     sizes = []
     for pod in pods:
         meta = pod.get("metadata") or {}
         labels = meta.get("labels") or {}
         if meta.get("namespace") != claim.namespace or any(labels.get(k) != v for k, v in claim.model_labels.items()):
             continue
-        if (pod.get("spec") or {}).get("nodeName"):
+        if (pod.get("spec") or {}).get("nodeName") in nodes:
             sizes.append(_gpu_request(pod, resource))
     return sizes
 
@@ -383,7 +384,8 @@ def reserve(
     nodes = list(inventory)
     for claim in claims:
         pending = sorted(claim.pods, key=lambda p: -p.gpus)
-        for size in _bound_gpus(pods, claim, resource):
+        in_domain = {n.name for n in nodes if n.labels.get(claim.node_label) == claim.domain}
+        for size in _bound_gpus(pods, claim, resource, in_domain):
             match = next((p for p in pending if p.gpus == size), None)
             if match is not None:
                 pending.remove(match)

@@ -16,7 +16,7 @@ import yaml
 
 from disagg.api.spec import GROUP, KIND, VERSION, AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
-from disagg.planner.plan import ROLE_AGGREGATED, ROLE_DECODE, Plan, RolePlan, engine_roles
+from disagg.planner.plan import ROLE_AGGREGATED, ROLE_DECODE, ROLE_PREFILL, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
 from disagg.render.engine import (
     DECODE_VLLM_PORT,
@@ -30,6 +30,7 @@ from disagg.render.names import child_name, label_value, merged_labels
 from disagg.settings import OperatorSettings
 
 ROLE_ROUTER = "router"
+ENGINE_ROLE_NAMES = (ROLE_PREFILL, ROLE_DECODE, ROLE_AGGREGATED)
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,7 @@ def _pdb(model: ModelRef, settings: OperatorSettings, role: str) -> dict[str, An
     }
 
 
-def _network_policy(model: ModelRef, settings: OperatorSettings, roles: list[str]) -> dict[str, Any]:
+def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, Any]:
     """Only this model's router, its own engines and the metrics scrapers reach its engine pods.
 
     vLLM has no authentication, and the decode sidecar forwards to whatever prefill host a
@@ -218,7 +219,8 @@ def _network_policy(model: ModelRef, settings: OperatorSettings, roles: list[str
     own_engines = {
         "podSelector": {
             "matchLabels": dict(model_selector),
-            "matchExpressions": [{"key": role_key, "operator": "In", "values": sorted(roles)}],
+            # every engine role, not only this mode's: during a mode switch the old pods still serve
+            "matchExpressions": [{"key": role_key, "operator": "In", "values": sorted(ENGINE_ROLE_NAMES)}],
         }
     }
     ingress: list[dict[str, Any]] = [
@@ -301,7 +303,7 @@ def render(
         objects.append(_pdb(model, settings, role))
 
     if settings.network_policy:
-        objects.append(_network_policy(model, settings, [role for role, _, _ in roles]))
+        objects.append(_network_policy(model, settings))
 
     scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in roles]
     for role, plan_role, role_spec in scalable:

@@ -66,6 +66,8 @@ class PrometheusMetrics:
             answer: Any = response.json()
         except ValueError:
             return None, f"Prometheus at {self.url} answered HTTP {response.status_code} without JSON"
+        if not isinstance(answer, dict):
+            return None, f"Prometheus at {self.url} answered HTTP {response.status_code} with no query result"
         if answer.get("status") != "success":
             return None, f"Prometheus at {self.url} failed the query: {str(answer.get('error'))[:200]}"
         result = (answer.get("data") or {}).get("result")
