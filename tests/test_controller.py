@@ -73,3 +73,41 @@ def test_child_events_do_not_cut_the_backoff_short() -> None:
         controller.stop()
     assert 1 <= attempts_before_edit <= 2, f"{attempts_before_edit} attempts in 2.5 s with a 2 s then 4 s backoff"
     assert cluster.calls == attempts_before_edit + 1
+
+
+class VanishingCluster:
+    """The model exists when the pass starts and is gone when its status is written."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return {"metadata": {"namespace": namespace, "name": name}} if self.reads == 1 else None
+
+    def list_models(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        return []
+
+
+def test_a_model_deleted_during_its_pass_is_not_a_failure(monkeypatch: Any, caplog: Any) -> None:
+    from disagg import controller as module
+    from disagg.kube import NotFoundError
+
+    def deleted_meanwhile(*_: Any, **__: Any) -> Any:
+        raise NotFoundError('disaggregatedmodels.disagg.dev "m" not found')
+
+    monkeypatch.setattr(module, "reconcile", deleted_meanwhile)
+    cluster = VanishingCluster()
+    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), workers=1)  # type: ignore[arg-type]
+    controller.start()
+    try:
+        controller.trigger(("ns", "m"))
+        deadline = time.monotonic() + 5
+        while cluster.reads < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        controller.stop()
+    assert cluster.reads == 2, "read once to reconcile, once to see it is gone; never retried"
+    assert controller.stats["failures"] == 0
+    assert "reconcile failed" not in caplog.text
