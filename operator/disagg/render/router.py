@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,7 +41,7 @@ AGGREGATED_BLOCK_TOKENS = 64
 """Smallest prefix-index block the llm-d router accepts without overriding it (vLLM's own default is 16)."""
 
 
-def endpoint_picker_config(plan: Plan, *, hold_requests_for: str | None = None) -> dict[str, Any]:
+def endpoint_picker_config(mode: str, disagg_threshold: int, *, hold_requests_for: str | None = None) -> dict[str, Any]:
     """EndpointPickerConfig for the llm-d router release in ``disagg.upstream``.
 
     Disaggregated: decode is picked first; prefill only when the uncached part of the prompt is at
@@ -54,7 +55,7 @@ def endpoint_picker_config(plan: Plan, *, hold_requests_for: str | None = None) 
         {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
         {"pluginRef": "max-score-picker"},
     ]
-    block_tokens = AGGREGATED_BLOCK_TOKENS if plan.mode == "aggregated" else DISAGG_BLOCK_TOKENS
+    block_tokens = AGGREGATED_BLOCK_TOKENS if mode == "aggregated" else DISAGG_BLOCK_TOKENS
     common = [
         {"type": "approx-prefix-cache-producer", "parameters": {"blockSizeTokens": block_tokens}},
         {"type": "prefix-cache-scorer"},
@@ -66,7 +67,7 @@ def endpoint_picker_config(plan: Plan, *, hold_requests_for: str | None = None) 
     if hold_requests_for is not None:
         config["featureGates"] = ["flowControl"]
         config["flowControl"] = {"defaultRequestTTL": hold_requests_for}
-    if plan.mode == "aggregated":
+    if mode == "aggregated":
         config["plugins"] = [{"type": "single-profile-handler"}, *common]
         config["schedulingProfiles"] = [{"name": "default", "plugins": scorers}]
         return config
@@ -77,7 +78,7 @@ def endpoint_picker_config(plan: Plan, *, hold_requests_for: str | None = None) 
         {
             "name": "pd-decider",
             "type": "prefix-based-pd-decider",
-            "parameters": {"nonCachedTokens": plan.disagg_threshold},
+            "parameters": {"nonCachedTokens": disagg_threshold},
         },
         {"type": "disagg-profile-handler", "parameters": {"deciders": {"prefill": "pd-decider"}}},
     ]
@@ -273,6 +274,17 @@ def envoy_config(*, hold_requests_for: str | None) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=256)
+def _picker_text(mode: str, threshold: int, hold: str | None) -> str:
+    """The picker's config as YAML; a few inputs, rendered on every pass: cached (yaml is slow)."""
+    return yaml.safe_dump(endpoint_picker_config(mode, threshold, hold_requests_for=hold), sort_keys=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _envoy_text(hold: str | None) -> str:
+    return yaml.safe_dump(envoy_config(hold_requests_for=hold), sort_keys=False)
+
+
 def endpoint_selector(engine_selector: Mapping[str, str]) -> dict[str, str]:
     """Labels of the engine pods the picker routes to (the InferencePool's selector, or standalone's)."""
     return {**engine_selector, "llm-d.ai/inference-serving": "true"}
@@ -314,8 +326,8 @@ def render_router(
     """The endpoint picker with Envoy in front of it, its config, RBAC, Service, pool and route."""
     name = child_name(model.name, "router")
     hold = spec.scale_to_zero.hold_requests_for if spec.scale_to_zero.enabled else None
-    config_text = yaml.safe_dump(endpoint_picker_config(plan, hold_requests_for=hold), sort_keys=False)
-    envoy_text = yaml.safe_dump(envoy_config(hold_requests_for=hold), sort_keys=False)
+    config_text = _picker_text(plan.mode, plan.disagg_threshold, hold)
+    envoy_text = _envoy_text(hold)
     pool = settings.inference_pool
     engines = endpoint_selector(engine_selector)
     requests = {"cpu": "500m", "memory": "512Mi", **spec.router.resources.requests}
