@@ -47,9 +47,10 @@ class Controller:
         self._again: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._backoff_until: dict[Key, float] = {}
-        self._edited: set[Key] = set()
         """After a failed pass: no retry before this, whatever child events or resyncs ask (a user's
         edit of the model itself still goes through at once)."""
+        self._edited: set[Key] = set()
+        """Models edited while their pass ran: the pass's failure must not hold the edit back."""
         self._own_versions: dict[Key, str] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -212,7 +213,6 @@ class Controller:
         self._failures.pop(key, None)
         self._backoff_until.pop(key, None)
         self.stats["reconciles"] += 1
-
         self.stats["writes"] += outcome.writes
         zero = outcome.zero
         if zero is not None and zero.at_zero and zero.url and zero.queries:

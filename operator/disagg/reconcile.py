@@ -8,6 +8,7 @@ observed world differs from the desired one: an unchanged model costs reads only
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -23,7 +24,7 @@ from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
 from disagg.placement import Claim, Placement, PodDemand, node_inventory, place, reserve
-from disagg.planner.plan import Plan, engine_role_plans, engine_roles
+from disagg.planner.plan import ENGINE_ROLES, Plan, engine_role_plans, engine_roles
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
 from disagg.render import (
@@ -182,16 +183,14 @@ def _placement(
             settings=settings,
             previous={p.level: p.domain for p in previous.placement},
         )
-        if placement is not None and not at_zero:  # asleep, a model holds no GPUs
-            record(
-                [
-                    Claim(model.namespace, model_labels(model, settings), d.node_label, d.domain, tuple(demands))
-                    for d in placement.decisions
-                    if d.domain is not None and d.fits
-                ]
-            )
-        elif at_zero:
-            record([])
+        decisions = placement.decisions if placement is not None and not at_zero else []  # asleep: no GPUs held
+        record(
+            [
+                Claim(model.namespace, model_labels(model, settings), d.node_label, d.domain, tuple(demands))
+                for d in decisions
+                if d.domain is not None and d.fits
+            ]
+        )
     return placement
 
 
@@ -201,8 +200,6 @@ def _role_observations(
     deployments: Mapping[str, Mapping[str, Any]],
     *,
     engines_at_zero: bool = False,
-    pods: Sequence[Mapping[str, Any]] = (),
-    role_label: str = "",
     template_generations: Mapping[str, int | None] | None = None,
 ) -> list[RoleObservation]:
     roles: list[tuple[str, int, int | None]] = [
@@ -215,7 +212,6 @@ def _role_observations(
             deployment=deployments.get(child_name(model.name, role)),
             planned=0 if engines_at_zero and role != ROLE_ROUTER else planned,
             tensor_parallel=tp,
-            pods=[p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(role_label) == role],
             template_generation=(template_generations or {}).get(role),
         )
         for role, planned, tp in roles
@@ -332,9 +328,6 @@ def missing_apis(cluster: Cluster, desired: Sequence[Mapping[str, Any]]) -> list
     ]
 
 
-ENGINE_ROLES = frozenset({"prefill", "decode", "prefill-decode"})
-
-
 def _template_generations(
     model: ModelRef, previous: DisaggregatedModelStatus, applied: Mapping[str, int]
 ) -> dict[str, int | None]:
@@ -350,10 +343,9 @@ def _template_generations(
 
 def _kept_for_mode_switch(
     spec: DisaggregatedModelSpec,
-    model: ModelRef,
     plan: Plan,
     stale: Sequence[Mapping[str, Any]],
-    deployments: Mapping[str, Mapping[str, Any]],
+    roles: Sequence[RoleObservation],
     settings: OperatorSettings,
     at_zero: bool,
 ) -> list[Mapping[str, Any]]:
@@ -368,10 +360,7 @@ def _kept_for_mode_switch(
     gone_roles = ENGINE_ROLES - {name for name, _ in engine_role_plans(plan)}
     # only the children of roles the new mode has no more; a stale HPA of a role that stays goes at once
     old = [o for o in stale if ((o.get("metadata") or {}).get("labels") or {}).get(role_key) in gone_roles]
-    if not old:
-        return []
-    new_roles = _role_observations(model, plan, deployments)
-    if all(role.floor_available() for role in new_roles if role.name in ENGINE_ROLES):
+    if not old or all(role.floor_available() for role in roles if role.name in ENGINE_ROLES):
         return []
     return old
 
@@ -489,14 +478,6 @@ def reconcile(
         raise
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
-    wanted = {identity(obj) for obj in desired}
-    stale = [obj for key, obj in live.items() if key not in wanted]
-    kept = _kept_for_mode_switch(spec, model, plan, stale, deployments, settings, zero.at_zero)
-    for obj in stale:
-        if obj in kept:
-            continue
-        cluster.delete(obj)
-        outcome.deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
     if zero.enabled and spec.autoscaling.engine == AutoscalingEngine.HPA:
         for role, role_plan in engine_role_plans(plan):
             name = child_name(model.name, role)
@@ -508,18 +489,22 @@ def reconcile(
                 deployments[name] = scaled
     generations = _template_generations(model, previous, applied_generation)
     roles = _role_observations(model, plan, deployments, engines_at_zero=zero.at_zero, template_generations=generations)
+    wanted = {identity(obj) for obj in desired}
+    stale = [obj for key, obj in live.items() if key not in wanted]
+    kept = _kept_for_mode_switch(spec, plan, stale, roles, settings, zero.at_zero)
+    for obj in stale:
+        if obj in kept:
+            continue
+        cluster.delete(obj)
+        outcome.deleted.append(f"{obj['kind']}/{obj['metadata']['name']}")
     if any(not role.floor_available() for role in roles):
         # only a role short of its floor needs its pods read: they say why (quota, scheduling, images)
+        role_key = f"{settings.prefix}/role"
         pods = cluster.list_model_pods(model.namespace, model_labels(model, settings))
-        roles = _role_observations(
-            model,
-            plan,
-            deployments,
-            engines_at_zero=zero.at_zero,
-            pods=pods,
-            role_label=f"{settings.prefix}/role",
-            template_generations=generations,
-        )
+        by_role: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in pods:
+            by_role.setdefault(str(((pod.get("metadata") or {}).get("labels") or {}).get(role_key)), []).append(pod)
+        roles = [dataclasses.replace(role, pods=by_role.get(role.name, [])) for role in roles]
     status = healthy_status(
         previous,
         generation=generation,

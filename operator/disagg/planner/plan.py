@@ -21,6 +21,8 @@ ServingMode = Literal["disaggregated", "aggregated"]
 ROLE_PREFILL = "prefill"
 ROLE_DECODE = "decode"
 ROLE_AGGREGATED = "prefill-decode"
+ENGINE_ROLES = frozenset({ROLE_PREFILL, ROLE_DECODE, ROLE_AGGREGATED})
+"""Every engine role any mode has (a mode switch briefly runs roles of both modes)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import yaml
 
 from disagg.api.spec import GROUP, KIND, VERSION, AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
-from disagg.planner.plan import ROLE_AGGREGATED, ROLE_DECODE, ROLE_PREFILL, Plan, RolePlan, engine_roles
+from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
 from disagg.render.engine import (
     DECODE_VLLM_PORT,
@@ -30,7 +30,6 @@ from disagg.render.names import child_name, label_value, merged_labels
 from disagg.settings import OperatorSettings
 
 ROLE_ROUTER = "router"
-ENGINE_ROLE_NAMES = (ROLE_PREFILL, ROLE_DECODE, ROLE_AGGREGATED)
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,7 @@ def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, An
         "podSelector": {
             "matchLabels": dict(model_selector),
             # every engine role, not only this mode's: during a mode switch the old pods still serve
-            "matchExpressions": [{"key": role_key, "operator": "In", "values": sorted(ENGINE_ROLE_NAMES)}],
+            "matchExpressions": [{"key": role_key, "operator": "In", "values": sorted(ENGINE_ROLES)}],
         }
     }
     ingress: list[dict[str, Any]] = [
