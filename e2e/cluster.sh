@@ -118,6 +118,10 @@ options:
   kubectlBinary: ${BIN}/kubectl
   kubeAuthorization: true
   kubeAdmission: true
+  # pods run by the e2e runtime reach the API server on the kubernetes Service's ClusterIP
+  # (e2e/runtime/proxy.py) and verify its certificate against that address
+  kubeApiserverCertSANs:
+  - 10.96.0.1
 componentsPatches:
 - name: etcd
   extraArgs:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, cluster_down, cluster_up, wait_for
+from e2e.serving import RuntimeProcess, runtime_bin_dir, runtime_supported
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +89,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def runtime(cluster: ClusterEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]:
+    """The pod runtime (e2e/runtime): pods annotated for it run their rendered containers."""
+    reason = runtime_supported()
+    if reason:
+        pytest.fail(reason)  # CI runs as root; a run without root cannot prove serving
+    proc = RuntimeProcess(cluster, tmp_path_factory.mktemp("runtime"), runtime_bin_dir())
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if os.environ.get("DISAGG_E2E_SHOW_LOG"):
+            print(proc.tail(200))

@@ -127,6 +127,122 @@ class Process:
 # -- Prometheus ------------------------------------------------------------------------------
 
 
+def _snake(label: str) -> str:
+    """A label name as Prometheus' Kubernetes discovery spells it in ``__meta_*`` names."""
+    return "".join(c if c.isalnum() else "_" for c in label)
+
+
+def chart_pod_monitor() -> dict[str, Any]:
+    """The chart's PodMonitor, rendered by the real helm with the monitor switched on."""
+    helm = bin_dir() / "helm"
+    out = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "e2e",
+            str(ROOT / "charts" / "disagg-operator"),
+            "--set",
+            "metrics.podMonitor.enabled=true",
+            "-s",
+            "templates/monitors.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return next(d for d in yaml.safe_load_all(out) if d and d.get("kind") == "PodMonitor")
+
+
+class PodMonitorDiscovery:
+    """The chart's PodMonitor turned into file_sd targets, once a second.
+
+    Debian's Prometheus is built without Kubernetes service discovery (``kubernetes_sd_configs``
+    is not a known field), and the Prometheus Operator cannot run here, so this loop does what the
+    two do together for a PodMonitor: pods matching the selector, not Failed/Succeeded, with a
+    pod IP; for each endpoint the container ports (init/sidecar containers included) whose name
+    matches; the endpoint's ``keep``/``drop`` relabelings on pod labels; target labels
+    ``namespace``, ``pod``, ``container``, ``role`` and ``job``. Any other relabeling is refused.
+    """
+
+    def __init__(
+        self, kubectl: Kubectl, prometheus: Prometheus, monitor: dict[str, Any], interval: float = 1.0
+    ) -> None:
+        self.kubectl = kubectl
+        self.prometheus = prometheus
+        self.monitor = monitor
+        self.interval = interval
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            for rule in endpoint.get("relabelings") or []:
+                if rule.get("action", "replace") not in ("keep", "drop"):
+                    raise AssertionError(f"relabeling not supported by the e2e discovery: {rule}")
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pod-monitor-discovery", daemon=True)
+        self._thread.start()
+
+    def targets(self, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        spec = self.monitor["spec"]
+        wanted = spec["selector"].get("matchLabels", {})
+        name = f"podMonitor/{self.monitor['metadata']['namespace']}/{self.monitor['metadata']['name']}"
+        groups = []
+        for pod in pods:
+            meta, status = pod["metadata"], pod.get("status") or {}
+            labels = meta.get("labels") or {}
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                continue
+            if status.get("phase") in ("Failed", "Succeeded") or not status.get("podIP"):
+                continue
+            meta_labels = {f"__meta_kubernetes_pod_label_{_snake(k)}": v for k, v in labels.items()}
+            containers = [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
+            for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
+                if not self._kept(endpoint.get("relabelings") or [], meta_labels):
+                    continue
+                for container in containers:
+                    for port in container.get("ports") or []:
+                        if port.get("name") != endpoint["port"]:
+                            continue
+                        groups.append(
+                            {
+                                "targets": [f"{status['podIP']}:{port['containerPort']}"],
+                                "labels": {
+                                    "job": f"{name}/{index}",
+                                    "namespace": meta["namespace"],
+                                    "pod": meta["name"],
+                                    "container": container["name"],
+                                    "role": labels.get(ROLE_LABEL, ""),
+                                },
+                            }
+                        )
+        return groups
+
+    @staticmethod
+    def _kept(rules: list[dict[str, Any]], meta_labels: dict[str, str]) -> bool:
+        import re
+
+        for rule in rules:
+            value = ";".join(meta_labels.get(label, "") for label in rule["sourceLabels"])
+            matched = re.fullmatch(rule.get("regex", "(.*)"), value) is not None
+            if (rule["action"] == "keep") != matched:
+                return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pods = self.kubectl.json("get", "pods", "-A")["items"]
+                self.prometheus.write_targets("pod-monitor", self.targets(pods))
+            except Exception as exc:  # keep discovering; tests see the errors
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                del self.errors[:-20]
+            self._stop.wait(self.interval)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.prometheus.remove_targets("pod-monitor")
+
+
 class Prometheus:
     """A private Prometheus on a loopback port with file_sd targets; restartable on the same port and data."""
 
@@ -138,6 +254,12 @@ class Prometheus:
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "prometheus.yml"
         interval = f"{SCRAPE_INTERVAL_SECONDS}s"
+        jobs: list[dict[str, Any]] = [
+            {
+                "job_name": "disagg-e2e",
+                "file_sd_configs": [{"files": [str(self.targets_dir / "*.json")], "refresh_interval": "5s"}],
+            }
+        ]
         self.config.write_text(
             yaml.safe_dump(
                 {
@@ -146,14 +268,7 @@ class Prometheus:
                         "scrape_timeout": interval,
                         "evaluation_interval": interval,
                     },
-                    "scrape_configs": [
-                        {
-                            "job_name": "disagg-e2e",
-                            "file_sd_configs": [
-                                {"files": [str(self.targets_dir / "*.json")], "refresh_interval": "5s"}
-                            ],
-                        }
-                    ],
+                    "scrape_configs": jobs,
                 }
             )
         )

@@ -195,3 +195,22 @@ def test_network_policy_with_a_pool_and_named_gateway_pods() -> None:
     (policy,) = by_kind(objects_of(settings=settings), "NetworkPolicy").values()
     assert policy["spec"]["ingress"][-1] == {"from": [gateway], "ports": [{"protocol": "TCP", "port": 8000}]}
     assert not by_kind(objects_of(settings=OperatorSettings(network_policy=False)), "NetworkPolicy")
+
+
+def test_router_pods_carry_the_specs_extra_labels_and_annotations() -> None:
+    """``router.scheduling.podLabels/podAnnotations`` reach the router pods as they reach engine
+    pods; the operator's own keys win over a spec that names them too."""
+    body = load(ROOT / "manifests" / "samples" / "llama-3.3-70b-disaggregated.yaml")
+    body["spec"].setdefault("router", {})["scheduling"] = {
+        "podLabels": {"team": "search", "disagg.dev/role": "mine"},
+        "podAnnotations": {"example.com/owner": "search", "disagg.dev/config-hash": "mine"},
+    }
+    (router,) = [
+        d for d in by_kind(render_body(body), "Deployment").values() if d["metadata"]["name"].endswith("-router")
+    ]
+    meta = router["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "search"
+    assert meta["labels"]["disagg.dev/role"] == "router"
+    assert meta["annotations"]["example.com/owner"] == "search"
+    assert meta["annotations"]["disagg.dev/config-hash"] != "mine"
+    assert set(router["spec"]["selector"]["matchLabels"].items()) <= set(meta["labels"].items())

@@ -274,7 +274,7 @@ def render(
         plan=plan,
         settings=settings,
         meta=lambda name, component: _meta(model, settings, name, component),
-        pod_labels=_common_labels(model, settings, ROLE_ROUTER),
+        pod_labels=merged_labels(spec.router.scheduling.pod_labels, _common_labels(model, settings, ROLE_ROUTER)),
         selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
         scheduling=_pod_scheduling(None, None, model, settings, spec),
         autoscaled=_autoscaled(spec, plan.router),

@@ -389,7 +389,11 @@ def render_router(
         "template": {
             "metadata": {
                 "labels": dict(pod_labels),
-                "annotations": {f"{settings.prefix}/config-hash": content_hash([config_text, envoy_text])},
+                # the spec's extra annotations, then the operator's own (which win)
+                "annotations": {
+                    **dict(sorted(spec.router.scheduling.pod_annotations.items())),
+                    f"{settings.prefix}/config-hash": content_hash([config_text, envoy_text]),
+                },
             },
             "spec": {
                 "serviceAccountName": name,
