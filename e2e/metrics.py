@@ -1,25 +1,16 @@
-"""Metrics side of the scaling e2e tests: a private Prometheus, fake engine/router endpoints, prometheus-adapter.
+"""Metrics side of the e2e tests: a private Prometheus and prometheus-adapter in front of pods that really run.
 
-Pods on kwok nodes run no processes, so the harness stands in for them on the loopback interface:
-
-- one ``llm-d-inference-sim`` process per running prefill/decode pod (it exports the real
-  ``vllm:*`` series; the queue depth and KV-cache use it reports are set through its
-  ``--fake-metrics`` flag and ``POST /admin/config``, so tests drive load deterministically);
-- one tiny in-process HTTP server per running router pod exposing the llm-d router's
-  ``llm_d_epp_info``, ``llm_d_epp_flow_control_queue_size`` and ``llm_d_epp_request_total``
-  series; a test "sends" requests, which are held in the queue for a while, then counted. kwok
-  pods run no containers, so the real endpoint picker is not behind these pods; its series names
-  are checked on the real program in e2e/test_router_programs.py;
-- a private Prometheus (Debian's, ``e2e/ensure-prometheus.sh``) scraping them every second through
-  file_sd target files that carry each pod's ``namespace`` and ``pod`` labels;
+- the pods run under e2e/runtime: the engines' ``vllm:*`` series come from llm-d-inference-sim
+  serving real requests, the router's ``llm_d_epp_*`` series from the real endpoint picker;
+- a private Prometheus (Debian's, ``e2e/ensure-prometheus.sh``) scrapes them every second at their
+  pod IPs, through file_sd targets that :class:`PodMonitorDiscovery` derives from the chart's own
+  PodMonitor (``namespace``, ``pod``, ``container``, ``role`` labels);
 - prometheus-adapter (built by ``e2e/tools.sh``) with ``manifests/prometheus-adapter/rules.yaml``,
   registered as ``v1beta1.custom.metrics.k8s.io`` through an ``ExternalName 127.0.0.1`` Service, so
-  the real HPA controller reads the simulated engine metrics.
+  the real HPA controller reads the engines' metrics.
 
-Everything listens on 127.0.0.1 (except llm-d-inference-sim, which has no bind-address flag and
-listens on all IPv4 interfaces of its port; all traffic to it goes to 127.0.0.1). Every wait is
-bounded; :meth:`MetricsStack.stop` stops every process and thread and removes every temp dir,
-and is safe to call on a half-started stack.
+Prometheus and the adapter listen on 127.0.0.1. Every wait is bounded; :meth:`MetricsStack.stop`
+stops every process and thread and removes every temp dir, and is safe on a half-started stack.
 """
 
 from __future__ import annotations
@@ -34,18 +25,16 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, wait_for
+from e2e.harness import ROOT, ClusterEnv, Kubectl, wait_for
 
 log = logging.getLogger(__name__)
 RULES = ROOT / "manifests" / "prometheus-adapter" / "rules.yaml"
@@ -349,320 +338,6 @@ class Prometheus:
         return {r["metric"].get("pod", ""): float(r["value"][1]) for r in result}
 
 
-# -- stand-ins for pods ----------------------------------------------------------------------
-
-
-HOLD_SECONDS = 10.0
-"""How long the router stand-in holds a request in its queue before counting it as scheduled."""
-
-
-class RouterStandin:
-    """The llm-d router's request counter for one router pod (the real EPP cannot run on kwok)."""
-
-    def __init__(self, namespace: str, pod: str, model: str) -> None:
-        self.namespace = namespace
-        self.pod = pod
-        self.model = model
-        self._lock = threading.Lock()
-        self._arrivals: list[float] = []
-        standin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404)
-                    return
-                body = standin.exposition().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-        self._thread.start()
-
-    def exposition(self) -> str:
-        now = time.monotonic()
-        with self._lock:
-            held = sum(1 for t in self._arrivals if now - t < HOLD_SECONDS)
-            dispatched = len(self._arrivals) - held
-        # the series names and labels llm-d router v0.10.0 exports (e2e/test_router_programs.py
-        # checks them on the real endpoint picker): build info from start; a request first waits
-        # in the flow-control queue (as when no engine is up), then counts as scheduled
-        models = f'model_name="{self.model}",priority="0",target_model_name="{self.model}"'
-        labels = f'fairness_id="",{models}'
-        queue = f'fairness_id="",inference_pool="{self.pod}",{models}'
-        lines = [
-            "# HELP llm_d_epp_info Build information.",
-            "# TYPE llm_d_epp_info gauge",
-            'llm_d_epp_info{build_ref="",commit=""} 1',
-        ]
-        if self._arrivals:
-            lines += [
-                "# HELP llm_d_epp_flow_control_queue_size Requests held in the flow-control queue.",
-                "# TYPE llm_d_epp_flow_control_queue_size gauge",
-                f"llm_d_epp_flow_control_queue_size{{{queue}}} {held}",
-            ]
-        if dispatched:
-            lines += [
-                "# HELP llm_d_epp_request_total Counter of inference model requests.",
-                "# TYPE llm_d_epp_request_total counter",
-                f"llm_d_epp_request_total{{{labels}}} {dispatched}",
-            ]
-        return "\n".join(lines) + "\n"
-
-    def bump(self, requests: int = 1) -> int:
-        """``requests`` arrive and are held for HOLD_SECONDS; returns how many are held now."""
-        now = time.monotonic()
-        with self._lock:
-            self._arrivals += [now] * requests
-            return sum(1 for t in self._arrivals if now - t < HOLD_SECONDS)
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return len(self._arrivals)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-
-class EngineSim:
-    """One llm-d-inference-sim process standing in for one engine pod."""
-
-    def __init__(self, binary: Path, workdir: Path, namespace: str, pod: str, values: dict[str, float]) -> None:
-        self.namespace = namespace
-        self.pod = pod
-        self.port = free_port()
-        self.values = dict(values)
-        fake = {
-            "running-requests": values["running"],
-            "waiting-requests": values["waiting"],
-            "kv-cache-usage": values["kv"],
-        }
-        self.process = Process(
-            [
-                str(binary),
-                f"--port={self.port}",
-                f"--model=e2e/{namespace}-fake-model",
-                "--force-dummy-tokenizer",
-                f"--fake-metrics={json.dumps(fake)}",
-                f"--zmq-endpoint=tcp://127.0.0.1:{free_port()}",
-            ],
-            workdir / f"sim-{namespace}-{pod}.log",
-        )
-        self.process.start()
-
-    def set(self, values: dict[str, float]) -> bool:
-        """Set what the sim reports; False if it did not answer (yet)."""
-        if values == self.values:
-            return True
-        fake = {
-            "running-requests": values["running"],
-            "waiting-requests": values["waiting"],
-            "kv-cache-usage": values["kv"],
-        }
-        try:
-            http_json(f"http://127.0.0.1:{self.port}/admin/config", {"fake-metrics": fake}, timeout=2)
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-        self.values = dict(values)
-        return True
-
-    def stop(self) -> None:
-        self.process.stop(timeout=5)
-
-
-class PodMirror:
-    """Mirrors one namespace's operator-managed pods into local sims, router stand-ins and file_sd targets.
-
-    A background thread lists the pods with kubectl every ``interval`` seconds: a Running, not
-    terminating pod gets a stand-in; a pod that goes away loses it (and its target, so Prometheus
-    marks its series stale at once). Load is set per role as a *total* spread over the role's
-    running pods, like a router spreading a queue: ``waiting`` is divided evenly, ``kv`` (in
-    pod-equivalents of full caches) is divided and capped at 1.0 per pod.
-    """
-
-    def __init__(
-        self,
-        kubectl: Kubectl,
-        prometheus: Prometheus,
-        sim_binary: Path,
-        workdir: Path,
-        namespace: str,
-        interval: float = 0.5,
-    ) -> None:
-        self.kubectl = kubectl
-        self.prometheus = prometheus
-        self.sim_binary = sim_binary
-        self.workdir = workdir
-        self.namespace = namespace
-        self.interval = interval
-        self.sims: dict[str, EngineSim] = {}
-        self.routers: dict[str, RouterStandin] = {}
-        self._roles: dict[str, str] = {}
-        self._models: dict[str, str] = {}
-        self._load: dict[tuple[str, str], dict[str, float]] = {}
-        """(model or "*", role) -> total load of that role (of that model, or of every model)."""
-        self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"pod-mirror-{namespace}", daemon=True)
-        self.errors: list[str] = []
-        self._thread.start()
-
-    # -- what tests call --------------------------------------------------------------------
-    def set_load(
-        self,
-        role: str,
-        *,
-        waiting: float | None = None,
-        kv: float | None = None,
-        running: float | None = None,
-        model: str | None = None,
-    ) -> None:
-        """Total load of a role, of one ``model`` or of every model of the namespace (see the class
-        docstring); applied to the running sims at once."""
-        with self._lock:
-            base = self._load.get((model or "*", role)) or self._load.get(("*", role)) or IDLE
-            load = self._load.setdefault((model or "*", role), dict(base))
-            for key, value in (("waiting", waiting), ("kv", kv), ("running", running)):
-                if value is not None:
-                    load[key] = float(value)
-            self._apply_load()
-
-    def bump_demand(self, requests: int = 1, model: str | None = None) -> dict[str, int]:
-        """Count ``requests`` more requests at the router(s) (of ``model``); returns pod -> new counter value."""
-        with self._lock:
-            routers = [r for r in self.routers.values() if model is None or r.model == model]
-        if not routers:
-            raise AssertionError(f"no router pod of {model or 'any model'} is running in {self.namespace}")
-        return {r.pod: r.bump(requests) for r in routers}
-
-    def running_pods(self, role: str | None = None, model: str | None = None) -> list[str]:
-        with self._lock:
-            pods = list(self.sims) + list(self.routers)
-            return sorted(
-                p
-                for p in pods
-                if (role is None or self._roles.get(p) == role) and (model is None or p.startswith(f"{model}-"))
-            )
-
-    def wait_scraped(self, pods: list[str], timeout: float = 60) -> None:
-        """Until Prometheus has scraped every one of ``pods`` successfully."""
-
-        def scraped() -> bool:
-            up = self.prometheus.targets_up()
-            return all(up.get(p) == 1.0 for p in pods)
-
-        wait_for(f"prometheus to scrape {pods}", scraped, timeout=timeout, interval=0.5)
-
-    # -- the loop ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sync()
-            except Exception as exc:  # keep mirroring; tests see the errors
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                del self.errors[:-20]
-            self._stop.wait(self.interval)
-
-    def sync(self) -> None:
-        result = self.kubectl.run(
-            "get", "pods", "-n", self.namespace, "-l", MANAGED, "-o", "json", check=False, timeout=20
-        )
-        if result.returncode != 0:
-            raise RuntimeError(result.stderr.strip()[:300])
-        running: dict[str, tuple[str, str]] = {}
-        for pod in json.loads(result.stdout)["items"]:
-            meta = pod["metadata"]
-            role = (meta.get("labels") or {}).get(ROLE_LABEL, "")
-            model = (meta.get("labels") or {}).get("disagg.dev/model", "")
-            if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
-                continue
-            if role in ENGINE_ROLES or role == ROUTER_ROLE:
-                running[meta["name"]] = (role, model)
-        with self._lock:
-            if self._stop.is_set():
-                return
-            changed = False
-            for name in [p for p in self.sims if p not in running]:
-                self.sims.pop(name).stop()
-                changed = True
-            for name in [p for p in self.routers if p not in running]:
-                self.routers.pop(name).close()
-                changed = True
-            for name, (role, model) in running.items():
-                self._roles[name] = role
-                self._models[name] = model
-                if role == ROUTER_ROLE and name not in self.routers:
-                    self.routers[name] = RouterStandin(self.namespace, name, model)
-                    changed = True
-                elif role in ENGINE_ROLES and name not in self.sims:
-                    peers = 1 + sum(1 for p in self.sims if (self._roles.get(p), self._models.get(p)) == (role, model))
-                    self.sims[name] = EngineSim(
-                        self.sim_binary, self.workdir, self.namespace, name, self._per_pod(role, model, peers)
-                    )
-                    changed = True
-            if changed:
-                self._write_targets()
-            self._apply_load()
-
-    def _per_pod(self, role: str, model: str, pods: int) -> dict[str, float]:
-        load = self._load.get((model, role)) or self._load.get(("*", role)) or IDLE
-        pods = max(pods, 1)
-        return {
-            "waiting": load["waiting"] / pods,
-            "running": load["running"] / pods,
-            "kv": min(load["kv"] / pods, 1.0),
-        }
-
-    def _apply_load(self) -> None:
-        groups: dict[tuple[str, str], list[EngineSim]] = {}
-        for pod, sim in self.sims.items():
-            groups.setdefault((self._models.get(pod, ""), self._roles.get(pod, "")), []).append(sim)
-        for (model, role), sims in groups.items():
-            values = self._per_pod(role, model, len(sims))
-            for sim in sims:
-                sim.set(values)  # a sim still starting keeps its flag values and is retried next pass
-
-    def _write_targets(self) -> None:
-        groups = [
-            {
-                "targets": [f"127.0.0.1:{s.port}"],
-                "labels": {"namespace": self.namespace, "pod": p, "role": self._roles.get(p, "")},
-            }
-            for p, s in sorted(self.sims.items())
-        ] + [
-            {
-                "targets": [f"127.0.0.1:{r.port}"],
-                "labels": {"namespace": self.namespace, "pod": p, "role": ROUTER_ROLE},
-            }
-            for p, r in sorted(self.routers.items())
-        ]
-        self.prometheus.write_targets(self.namespace, groups)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        with self._lock:
-            for sim in self.sims.values():
-                sim.stop()
-            for router in self.routers.values():
-                router.close()
-            self.sims.clear()
-            self.routers.clear()
-        self.prometheus.remove_targets(self.namespace)
-
-
 # -- prometheus-adapter -----------------------------------------------------------------------
 
 
@@ -789,47 +464,47 @@ def _quantity(text: str) -> float:
 
 
 class MetricsStack:
-    """Prometheus + prometheus-adapter for one cluster, plus a :class:`PodMirror` per namespace."""
+    """Prometheus (scraping what the chart's PodMonitor selects) + prometheus-adapter for one cluster."""
 
     def __init__(self, cluster: ClusterEnv, kubectl: Kubectl) -> None:
         self.cluster = cluster
         self.kubectl = kubectl
         self.workdir = Path(tempfile.mkdtemp(prefix="disagg-e2e-metrics-"))
-        bins = bin_dir()
-        self.sim_binary = bins / "llm-d-inference-sim"
-        adapter_binary = bins / "prometheus-adapter"
-        for binary in (self.sim_binary, adapter_binary):
-            if not binary.exists():
-                raise AssertionError(f"{binary} missing: run `make e2e-tools`")
+        adapter_binary = bin_dir() / "prometheus-adapter"
+        if not adapter_binary.exists():
+            raise AssertionError(f"{adapter_binary} missing: run `make e2e-tools`")
         if shutil.which("prometheus") is None:
             raise AssertionError("prometheus is not on PATH: run `make e2e-tools` (e2e/ensure-prometheus.sh)")
         self.prometheus = Prometheus(self.workdir)
         self.adapter = Adapter(cluster, kubectl, adapter_binary, self.workdir, self.prometheus.url)
-        self.mirrors: dict[str, PodMirror] = {}
+        self.discovery: PodMonitorDiscovery | None = None
 
     def start(self) -> MetricsStack:
         try:
             self.prometheus.start()
+            self.discovery = PodMonitorDiscovery(self.kubectl, self.prometheus, chart_pod_monitor())
             self.adapter.start()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def mirror(self, namespace: str) -> PodMirror:
-        if namespace not in self.mirrors:
-            self.mirrors[namespace] = PodMirror(self.kubectl, self.prometheus, self.sim_binary, self.workdir, namespace)
-        return self.mirrors[namespace]
+    def wait_scraped(self, namespace: str, pods: list[str], timeout: float = 60) -> None:
+        """Until Prometheus has scraped every one of ``pods`` (of ``namespace``) successfully."""
 
-    def release(self, namespace: str) -> None:
-        mirror = self.mirrors.pop(namespace, None)
-        if mirror is not None:
-            mirror.close()
+        def scraped() -> bool:
+            up = {
+                r["metric"].get("pod", ""): float(r["value"][1])
+                for r in self.prometheus.query(f'up{{namespace="{namespace}"}}')
+            }
+            return all(up.get(p) == 1.0 for p in pods)
+
+        wait_for(f"prometheus to scrape {pods}", scraped, timeout=timeout, interval=0.5)
 
     def stop(self) -> None:
         errors: list[str] = []
         steps: list[Callable[[], None]] = [
-            *(m.close for m in list(self.mirrors.values())),
+            *([self.discovery.close] if self.discovery else []),
             self.adapter.stop,
             self.prometheus.stop,
         ]
@@ -838,7 +513,6 @@ class MetricsStack:
                 step()
             except Exception as exc:  # keep tearing down
                 errors.append(f"{type(exc).__name__}: {exc}")
-        self.mirrors.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
         if errors:
             log.warning("metrics stack teardown: %s", "; ".join(errors))

@@ -50,6 +50,11 @@ class RuntimeProcess:
                     f"--bin-dir={self.bin_dir}",
                     f"--workdir={self.workdir}",
                     f"--ready-file={ready}",
+                    *(
+                        [f"--vllm-parser-python={os.environ['DISAGG_VLLM_PARSER_PYTHON']}"]
+                        if os.environ.get("DISAGG_VLLM_PARSER_PYTHON")
+                        else []
+                    ),
                 ],
                 cwd=ROOT,
                 stdout=err,
@@ -150,6 +155,14 @@ def prompt_of(tokens: int, seed: int = 0) -> str:
     return " ".join(words)
 
 
+def dense_prompt_of(tokens: int, seed: int = 0) -> str:
+    """``tokens`` simulator tokens in about ``tokens`` characters: llm-d-inference-sim's tokenizer
+    counts every comma as a token, while the endpoint picker estimates 4 characters per token. So
+    a dense prompt of 950 tokens fills 7 KV blocks on a decode pod yet stays under a P/D threshold
+    of 256 (estimated) tokens: decode-only load that fills KV caches, as long chats do."""
+    return f"d{seed} " + "," * max(tokens - 1, 0)
+
+
 @dataclass
 class Result:
     ok: bool
@@ -171,9 +184,12 @@ async def one_request(
     max_tokens: int,
     chat: bool = False,
     stream: bool = True,
+    ignore_eos: bool = False,
     timeout: float = 120,
 ) -> Result:
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": stream}
+    if ignore_eos:
+        body["ignore_eos"] = True  # vLLM's sampling extension: generate exactly max_tokens
     if chat:
         body["messages"] = [{"role": "user", "content": prompt}]
         path = "/v1/chat/completions"
@@ -199,6 +215,9 @@ async def one_request(
                     if payload == "[DONE]":
                         break
                     chunk = json.loads(payload)
+                    if "error" in chunk:  # an error inside a 200 stream (vLLM and the simulator do this)
+                        result.error = str(chunk["error"].get("message") or chunk["error"])
+                        break
                     choice = (chunk.get("choices") or [{}])[0]
                     piece = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
                     if not piece:
@@ -209,7 +228,7 @@ async def one_request(
                         result.itl.append(moment - last)
                     last = moment
                     result.text += piece
-            result.ok = response.status == 200
+            result.ok = response.status == 200 and not result.error
     except (aiohttp.ClientError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     result.total = time.monotonic() - started
@@ -236,12 +255,15 @@ class Load:
         concurrency: int,
         prompt_tokens: int,
         max_tokens: int,
+        ignore_eos: bool = True,
+        dense: bool = False,
         seconds: float = 600,
     ) -> None:
-        self.url, self.model = url, model
+        self.url, self.model, self.ignore_eos, self.dense = url, model, ignore_eos, dense
         self.concurrency, self.prompt_tokens, self.max_tokens = concurrency, prompt_tokens, max_tokens
         self.deadline = time.monotonic() + seconds
         self.results: list[Result] = []
+        self.stopped_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="load", daemon=True)
 
@@ -256,8 +278,11 @@ class Load:
         sequence = 0
         while not self._stop.is_set() and time.monotonic() < self.deadline:
             sequence += 1
-            prompt = prompt_of(self.prompt_tokens, seed=index * 100000 + sequence)
-            result = await one_request(session, self.url, self.model, prompt=prompt, max_tokens=self.max_tokens)
+            make = dense_prompt_of if self.dense else prompt_of
+            prompt = make(self.prompt_tokens, seed=index * 100000 + sequence)
+            result = await one_request(
+                session, self.url, self.model, prompt=prompt, max_tokens=self.max_tokens, ignore_eos=self.ignore_eos
+            )
             self.results.append(result)
             if not result.ok:
                 await asyncio.sleep(0.5)
@@ -267,8 +292,14 @@ class Load:
             await asyncio.gather(*(self._client(session, i) for i in range(self.concurrency)))
 
     def stop(self) -> None:
+        """No new requests from now on (``stopped_at``); returns once the in-flight ones are answered."""
+        if not self._stop.is_set():
+            self.stopped_at = time.time()
         self._stop.set()
         self._thread.join(timeout=150)
+
+    def failures(self) -> list[tuple[int, str]]:
+        return [(r.status, (r.text or r.error)[:300]) for r in self.results if not r.ok]
 
     def summary(self) -> dict[str, float]:
         ok = [r for r in self.results if r.ok]

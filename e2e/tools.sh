@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build (once, from upstream Go modules) the binaries the e2e suite needs and expose them in a
-# stable directory of symlinks. Versions come from e2e/versions.env only.
+# stable directory of symlinks. Versions come from e2e/versions.env only. One group is not Go:
+# vllm-parser, a Python venv with vLLM (from PyPI, e2e/vllm-parser-requirements.txt) whose
+# `vllm serve` argument parser e2e/runtime/vllm_args.py runs.
 #
 #   e2e/tools.sh                    build whatever is missing (required + optional groups)
 #   e2e/tools.sh GROUP...           only these groups: kubernetes etcd kwok helm llm-d-router
-#                                   prometheus-adapter llm-d-inference-sim
+#                                   vllm-parser prometheus-adapter llm-d-inference-sim
 #   e2e/tools.sh --print-bin-dir    print the symlink dir (builds nothing)
 #   e2e/tools.sh --env              print KEY=value lines (DISAGG_E2E_BIN_DIR, ...; builds nothing)
 #   e2e/tools.sh --check            exit 0 iff every required binary is present (builds nothing)
@@ -17,7 +19,8 @@
 #
 # Layout (nothing is written inside the git work tree):
 #   $CACHE = ${DISAGG_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/disagg}
-#   $CACHE/bin/<group>/<version>/<binary>   the builds, keyed by version
+#   $CACHE/bin/<group>/<version>/<binary>   the builds, keyed by version (vllm-parser:
+#                                           <VLLM_VERSION>-<hash of its requirements>/venv)
 #   $CACHE/current/<binary>                 symlinks to the versions pinned in versions.env
 #   $CACHE/src/<group>-<version>/           generated wrapper Go modules
 #   $CACHE/logs/<group>-<version>.log       build logs
@@ -25,7 +28,8 @@
 # GOMODCACHE and GOCACHE are left at their defaults so they persist between runs.
 #
 # Tunables: DISAGG_TOOLS_JOBS (concurrent go builds, default 2), DISAGG_GO_BUILD_P (go build -p,
-# default 2).
+# default 2). The vllm-parser install (pip: network + disk bound) runs beside the go builds in a
+# lane of its own, outside DISAGG_TOOLS_JOBS.
 set -euo pipefail
 
 E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,8 +43,9 @@ SRC_ROOT="${CACHE}/src"
 LOG_ROOT="${CACHE}/logs"
 JOBS="${DISAGG_TOOLS_JOBS:-2}"
 GO_P="${DISAGG_GO_BUILD_P:-2}"
+VLLM_REQUIREMENTS="${E2E_DIR}/vllm-parser-requirements.txt"
 
-REQUIRED_GROUPS=(kubernetes etcd kwok helm llm-d-router)
+REQUIRED_GROUPS=(kubernetes etcd kwok helm llm-d-router vllm-parser)
 OPTIONAL_GROUPS=(prometheus-adapter llm-d-inference-sim)
 
 log() { printf '[tools] %s\n' "$*" >&2; }
@@ -55,6 +60,7 @@ group_version() {
     prometheus-adapter) echo "${PROMETHEUS_ADAPTER_VERSION}" ;;
     llm-d-inference-sim) echo "${LLMD_INFERENCE_SIM_VERSION}" ;;
     llm-d-router) echo "${LLMD_ROUTER_VERSION}" ;;
+    vllm-parser) echo "${VLLM_VERSION}-$(sha256sum "${VLLM_REQUIREMENTS}" | cut -c1-12)" ;;
     *) die "unknown tool group: $1" ;;
   esac
 }
@@ -68,7 +74,17 @@ group_binaries() {
     prometheus-adapter) echo "prometheus-adapter" ;;
     llm-d-inference-sim) echo "llm-d-inference-sim" ;;
     llm-d-router) echo "epp pd-sidecar" ;;
+    vllm-parser) echo "vllm-parser-python" ;;
   esac
+}
+
+# groups that need no Go toolchain (their own lane, beside the go builds)
+is_python() { [[ "$1" == vllm-parser ]]; }
+
+# what a group is built with, for its .complete / .failed marker
+toolchain() {
+  if is_python "$1"; then echo "python=$(python3 -c 'import platform; print(platform.python_version())')"
+  else echo "go=$(go env GOVERSION)"; fi
 }
 
 is_optional() { local g; for g in "${OPTIONAL_GROUPS[@]}"; do [[ "$g" == "$1" ]] && return 0; done; return 1; }
@@ -308,6 +324,33 @@ keda_crd() {
   echo "${dest}/${file}"
 }
 
+# vLLM's `vllm serve` argument parser, in a venv of the system python3: the pinned wheels with
+# --no-deps (vLLM's full dependency set is for running models; see the requirements file), then
+# one in-process check that the parser imports, accepts a good argv and refuses a bad one. Only
+# `venv/bin/python` is used: the venv is created in the staging dir and renamed with it, which
+# leaves the shebangs of its console scripts (pip, vllm, ...) pointing at the staging path.
+build_vllm-parser() {
+  local out="$1" py
+  python3 --version
+  python3 -m venv "${out}/venv"
+  py="${out}/venv/bin/python"
+  echo "pip install --no-deps -r ${VLLM_REQUIREMENTS} ($(wc -l <"${VLLM_REQUIREMENTS}") lines)"
+  "${py}" -m pip install --quiet --disable-pip-version-check --no-input --no-deps --no-cache-dir \
+    -r "${VLLM_REQUIREMENTS}"
+  "${py}" -m pip --disable-pip-version-check list 2>/dev/null | grep -i '^vllm ' || true
+  echo "self-check: python -m e2e.runtime.vllm_args --check-self"
+  (cd "${E2E_DIR}/.." && PYTHONPATH="${E2E_DIR}/.." "${py}" -m e2e.runtime.vllm_args --check-self)
+  # the stable name: current/vllm-parser-python -> this (a venv's python must be started through
+  # the venv's own bin/ path, so a plain symlink chain to venv/bin/python would miss the venv)
+  cat >"${out}/vllm-parser-python" <<'WRAPPER'
+#!/bin/sh
+# generated by e2e/tools.sh: the python of the vllm-parser venv next to this file
+exec "$(dirname "$(readlink -f "$0")")/venv/bin/python" "$@"
+WRAPPER
+  chmod +x "${out}/vllm-parser-python"
+  du -sh "${out}/venv"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 # build_group GROUP -> 0 ok, 1 failed. Output goes to the group's log file.
@@ -332,12 +375,12 @@ build_group() {
   if [[ ${rc} -ne 0 ]]; then
     rm -rf "${tmp}"
     mkdir -p "${dir}"
-    { echo "go=$(go env GOVERSION)"; echo "date=$(date -u +%FT%TZ)"; } >"${dir}/.failed"
+    { toolchain "$g"; echo "date=$(date -u +%FT%TZ)"; } >"${dir}/.failed"
     log "FAILED ${g} ${ver} after $((SECONDS - start))s; last lines of ${logf}:"
     tail -n 25 "${logf}" | sed 's/^/    /' >&2
     return 1
   fi
-  echo "built $(date -u +%FT%TZ) with $(go env GOVERSION) in $((SECONDS - start))s" >"${tmp}/.complete"
+  echo "built $(date -u +%FT%TZ) with $(toolchain "$g") in $((SECONDS - start))s" >"${tmp}/.complete"
   rm -rf "${dir}"
   mkdir -p "$(dirname "${dir}")"
   mv "${tmp}" "${dir}"
@@ -389,7 +432,7 @@ main() {
       --gateway-crds) mkdir -p "${CACHE}"
         module_crds gateway-api sigs.k8s.io/gateway-api "${GATEWAY_API_VERSION}" config/crd/standard; return 0 ;;
       --retry-failed) retry_failed=1 ;;
-      -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
+      -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; return 0 ;;
       -*) die "unknown option $a" ;;
       *) group_version "$a" >/dev/null; groups+=("$a"); explicit=1 ;;
     esac
@@ -413,22 +456,31 @@ main() {
     todo+=("$g")
   done
 
-  local start=${SECONDS} failed_req=() failed_opt=()
+  local start=${SECONDS} failed_req=() failed_opt=() go_todo=() py_todo=()
+  for g in "${todo[@]}"; do if is_python "$g"; then py_todo+=("$g"); else go_todo+=("$g"); fi; done
   if [[ ${#todo[@]} -gt 0 ]]; then
-    command -v go >/dev/null || die "go is not on PATH (needed to build: ${todo[*]})"
-    log "go: $(go env GOVERSION), GOMODCACHE=$(go env GOMODCACHE), GOCACHE=$(go env GOCACHE)"
-    # Up to $JOBS concurrent go builds ("lanes"); kubernetes, the big one, gets a lane of its own.
     local -a lanes=() lane_pids=()
     local n=0
-    if [[ " ${todo[*]} " == *" kubernetes "* && ${JOBS} -gt 1 ]]; then
+    if [[ ${#go_todo[@]} -gt 0 ]]; then
+      command -v go >/dev/null || die "go is not on PATH (needed to build: ${go_todo[*]})"
+      log "go: $(go env GOVERSION), GOMODCACHE=$(go env GOMODCACHE), GOCACHE=$(go env GOCACHE)"
+    fi
+    if [[ ${#py_todo[@]} -gt 0 ]]; then
+      command -v python3 >/dev/null || die "python3 is not on PATH (needed to build: ${py_todo[*]})"
+    fi
+    # Up to $JOBS concurrent go builds ("lanes"); kubernetes, the big one, gets a lane of its own.
+    if [[ " ${go_todo[*]} " == *" kubernetes "* && ${JOBS} -gt 1 ]]; then
       lanes[0]="kubernetes"
-      for g in "${todo[@]}"; do
+      for g in "${go_todo[@]}"; do
         [[ "$g" == kubernetes ]] && continue
         local l=$(( 1 + n % (JOBS - 1) )); lanes[l]="${lanes[l]:-} ${g}"; n=$((n + 1))
       done
     else
-      for g in "${todo[@]}"; do local l=$(( n % JOBS )); lanes[l]="${lanes[l]:-} ${g}"; n=$((n + 1)); done
+      for g in "${go_todo[@]}"; do local l=$(( n % JOBS )); lanes[l]="${lanes[l]:-} ${g}"; n=$((n + 1)); done
     fi
+    # pip mostly downloads and unpacks (network + disk; ~1 CPU-minute, mostly byte-compiling):
+    # one extra lane beside the go builds, not counted in $JOBS
+    if [[ ${#py_todo[@]} -gt 0 ]]; then lanes+=("${py_todo[*]}"); fi
     local lane
     for lane in "${lanes[@]}"; do
       (

@@ -18,6 +18,13 @@ def test_e2e_runs_the_llm_d_release_the_operator_renders_for() -> None:
     assert versions_env()["LLMD_ROUTER_VERSION"] == upstream.LLMD_ROUTER_VERSION
 
 
+def test_e2e_checks_engine_args_with_the_vllm_the_operator_renders_for() -> None:
+    assert versions_env()["VLLM_VERSION"] == upstream.VLLM_VERSION
+    requirements = (ROOT / "e2e" / "vllm-parser-requirements.txt").read_text().splitlines()
+    pins = [line.strip() for line in requirements if line.strip().lower().startswith("vllm")]
+    assert pins == [f"vllm=={upstream.VLLM_VERSION}"]
+
+
 def test_default_images_are_the_pinned_releases() -> None:
     settings = OperatorSettings()
     assert settings.router_image.endswith(f":{upstream.LLMD_ROUTER_VERSION}")

@@ -35,6 +35,8 @@ class Image:
     scripts: dict[str, str] = field(default_factory=dict)
     """path in the container -> Python module run with this interpreter (a stand-in)"""
     env: dict[str, str] = field(default_factory=dict)
+    vllm_parser: bool = False
+    """the container asks vLLM's own argument parser (a server the runtime runs) about its args"""
 
 
 IMAGES: dict[str, Image] = {
@@ -53,6 +55,7 @@ IMAGES: dict[str, Image] = {
         scripts={"/usr/local/bin/vllm": "e2e.runtime.vllm"},
         binaries={"/usr/local/bin/llm-d-inference-sim": "llm-d-inference-sim"},
         env={"HOME": "/root"},
+        vllm_parser=True,
     ),
 }
 

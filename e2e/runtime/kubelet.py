@@ -44,6 +44,9 @@ from e2e.runtime import images
 from e2e.runtime.api import Api, ApiError
 from e2e.runtime.network import GATEWAY, PodBridge
 from e2e.runtime.proxy import ServiceProxy
+from e2e.runtime.vllm_args import DEFAULT_SOCKET
+
+VLLM_PARSER_DIR = os.path.dirname(DEFAULT_SOCKET)
 
 MANAGED_ANNOTATION = ("kwok.x-k8s.io/status", "custom")
 LOG = logging.getLogger("disagg.runtime")
@@ -438,6 +441,8 @@ class PodWorker:
         for target, module in image.scripts.items():
             script = self.runtime.workdir / "scripts" / module
             binds.append({"source": str(script), "target": target, "readOnly": True})
+        if image.vllm_parser:
+            binds.append({"source": str(self.runtime.parser_dir), "target": VLLM_PARSER_DIR})
         for mount in spec.get("volumeMounts") or []:
             source = self.dir / "volumes" / mount["name"]
             if mount.get("subPath"):
@@ -772,14 +777,17 @@ async def grpc_health(host: str, port: int, service: str, timeout: float) -> boo
 
 
 class Runtime:
-    def __init__(self, kubeconfig: str, bin_dir: Path, workdir: Path) -> None:
+    def __init__(self, kubeconfig: str, bin_dir: Path, workdir: Path, parser_python: Path) -> None:
         self.api = Api(kubeconfig)
+        self.parser_python = parser_python
         self.bin_dir = bin_dir
         self.workdir = workdir
         self.bridge = PodBridge()
         self.workers: dict[str, PodWorker] = {}
         self.node_ips: dict[str, str] = {}
         self.proxy = ServiceProxy(self.api, self.bridge)
+        self.parser_dir = workdir / "vllm-parser"
+        self.parser: asyncio.subprocess.Process | None = None
 
     def service_env(self) -> dict[str, str]:
         """What kubelet always injects, enableServiceLinks or not: the API server's Service."""
@@ -846,8 +854,28 @@ class Runtime:
                 LOG.warning("pod watch: %s", exc)
             await asyncio.sleep(1)
 
+    async def start_parser(self, python: Path, timeout: float = 180) -> None:
+        """vLLM's own argument parser as a server (importing vLLM takes seconds; every engine
+        container start asks it through a socket bound into the container)."""
+        self.parser_dir.mkdir(parents=True, exist_ok=True)
+        self.parser_dir.chmod(0o755)
+        ready = self.parser_dir / "ready"
+        ready.unlink(missing_ok=True)
+        socket_path = self.parser_dir / os.path.basename(DEFAULT_SOCKET)
+        log = (self.workdir / "vllm-parser.log").open("ab")
+        self.parser = await asyncio.create_subprocess_exec(
+            str(python), "-m", "e2e.runtime.vllm_args", "--serve", str(socket_path), "--ready-file", str(ready),
+            stdout=log, stderr=log, cwd=str(images.ROOT), env={**os.environ, "PYTHONPATH": str(images.ROOT)},
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.parser.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the vLLM parser server did not start (see {self.workdir / 'vllm-parser.log'})")
+            await asyncio.sleep(0.2)
+
     async def run(self, ready_file: Path | None) -> None:
         self.write_scripts()
+        await self.start_parser(self.parser_python)
         await asyncio.to_thread(self.bridge.open)
         async with self.api:
             tasks = [
@@ -873,6 +901,9 @@ class Runtime:
                     worker.task.cancel()
             await asyncio.gather(*(w.task for w in workers if w.task), return_exceptions=True)
             await self.proxy.close()
+        if self.parser and self.parser.returncode is None:
+            self.parser.terminate()
+            await self.parser.wait()
         await asyncio.to_thread(self.bridge.close)
 
 
@@ -884,6 +915,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--ready-file", type=Path, help="written with the pid once the runtime serves")
+    parser.add_argument(
+        "--vllm-parser-python", type=Path, help="python with vLLM installed (default: BIN_DIR/vllm-parser-python)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the e2e runtime needs root (network and mount namespaces)", file=sys.stderr)
@@ -900,12 +934,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         handlers=[logging.FileHandler(args.workdir / "runtime.log")],
     )
-    for binary in ("epp", "pd-sidecar", "llm-d-inference-sim"):
-        if not (args.bin_dir / binary).exists():
+    for binary in ("epp", "pd-sidecar", "llm-d-inference-sim", "vllm-parser-python"):
+        if not (args.bin_dir / binary).exists() and not (binary == "vllm-parser-python" and args.vllm_parser_python):
             print(f"missing {args.bin_dir / binary}: run e2e/tools.sh", file=sys.stderr)
             return 2
+    parser_python = args.vllm_parser_python or args.bin_dir / "vllm-parser-python"
     shutil.rmtree(args.workdir / "pods", ignore_errors=True)
-    asyncio.run(Runtime(args.kubeconfig, args.bin_dir, args.workdir).run(args.ready_file))
+    asyncio.run(Runtime(args.kubeconfig, args.bin_dir, args.workdir, parser_python).run(args.ready_file))
     return 0
 
 

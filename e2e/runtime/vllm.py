@@ -28,8 +28,9 @@ DEFAULTS = [
     "--max-model-len=32768",  # vLLM takes the checkpoint's context length; the simulator's default is 1024
     "--enable-kvcache",
     "--kv-cache-size=1024",
-    "--time-to-first-token=15ms",
-    "--prefill-time-per-token=200us",
+    # prefill time grows with the prompt (overhead + per token), as on a GPU; no fixed TTFT
+    "--prefill-overhead=10ms",
+    "--prefill-time-per-token=100us",
     "--inter-token-latency=8ms",
     "--kv-cache-transfer-time-per-token=20us",
 ]
