@@ -7,8 +7,9 @@ completions to the router Service. How fast the simulated GPUs are is set per ro
 model's own ``env`` (``DISAGG_SIM_ARGS``) and vLLM args (``--max-num-seqs``): prefill pods get two
 slots and 1 ms per prompt token, so long prompts queue there (``vllm:num_requests_waiting``);
 decode pods get a 32-block KV cache and five sequences, so decode-only prompts of 6 blocks with
-long answers fill it to 94 % (``vllm:kv_cache_usage_perc``) while the rest wait. Deployment replicas are only ever moved by the HPA controller and
-the operator, never by the test.
+long answers fill it to 94 % (``vllm:kv_cache_usage_perc``) while the rest wait. Deployment
+replicas are only ever moved by the HPA controller and the operator, never by the test. No test
+sets an engine metric by flag.
 """
 
 from __future__ import annotations
@@ -273,8 +274,11 @@ def wake(
     for when, name, _ in writes:
         roles_up.setdefault(name, when)
     if visible is not None and {f"{MODEL}-prefill", f"{MODEL}-decode"} <= set(roles_up):
-        timings["visible_to_scaled"] = max(roles_up.values()) - visible
-        timings["sent_to_scaled"] = max(roles_up.values()) - held.sent
+        # the wake decision is decode's scale-up; prefill follows once a decode pod is available
+        assert roles_up[f"{MODEL}-decode"] <= roles_up[f"{MODEL}-prefill"], roles_up
+        timings["visible_to_scaled"] = roles_up[f"{MODEL}-decode"] - visible
+        timings["sent_to_scaled"] = roles_up[f"{MODEL}-decode"] - held.sent
+        timings["decode_to_prefill"] = roles_up[f"{MODEL}-prefill"] - roles_up[f"{MODEL}-decode"]
     return timings
 
 

@@ -25,12 +25,16 @@ SETTINGS = OperatorSettings()
 
 
 def render_body(body: dict[str, Any], settings: OperatorSettings = SETTINGS) -> list[dict[str, Any]]:
+    return render_with(body, settings=settings)
+
+
+def render_with(body: dict[str, Any], settings: OperatorSettings = SETTINGS, **options: Any) -> list[dict[str, Any]]:
     spec = DisaggregatedModelSpec.model_validate(body["spec"])
     plan = resolve_plan(spec).plan
     assert plan is not None
     model = ModelRef(name=body["metadata"]["name"], namespace="default", uid="0000-uid")
     placement = place(spec.topology, pods=pod_demands(spec, plan), inventory=None, settings=settings, previous={})
-    return render(model, spec, plan, settings, placement)
+    return render(model, spec, plan, settings, placement, **options)
 
 
 def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:

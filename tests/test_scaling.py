@@ -137,10 +137,22 @@ def test_idle_model_sleeps_together_and_wakes_on_router_demand() -> None:
 
     metrics.answer = Signals(demand=2.0, demand_window=None, busy_window=None)
     outcome = run(cluster, metrics, "2026-11-28T00:22:00Z")
-    assert sorted(outcome.scaled) == ["Deployment/llama-70b-decode", "Deployment/llama-70b-prefill"]
-    assert replicas(cluster, "llama-70b-prefill") == 5
+    # decode first: the router releases a held request as soon as any engine joins its pool, and
+    # only decode can answer it alone
+    assert outcome.scaled == ["Deployment/llama-70b-decode"]
+    assert replicas(cluster, "llama-70b-prefill") == 0
     assert replicas(cluster, "llama-70b-decode") == 1
     assert conditions(cluster)["ScaledToZero"]["status"] == "False"
+    decode_status = next(
+        o["status"] for k, o in cluster.objects.items() if k[1] == "Deployment" and k[3] == "llama-70b-decode"
+    )
+    decode_status["availableReplicas"] = 0  # its pod still starting
+    assert run(cluster, metrics, "2026-11-28T00:22:01Z").scaled == [], "prefill waits for an available decode pod"
+    decode_status["availableReplicas"] = 1
+    outcome = run(cluster, metrics, "2026-11-28T00:22:05Z")
+    assert outcome.scaled == ["Deployment/llama-70b-prefill"]
+    assert replicas(cluster, "llama-70b-prefill") == 5
+    assert replicas(cluster, "llama-70b-decode") == 1
 
 
 def test_never_sleeps_before_the_whole_idle_window_has_passed() -> None:
@@ -189,3 +201,38 @@ def test_fixed_roles_render_zero_and_keda_pauses() -> None:
     assert replicas(cluster, "llama-70b-decode") == 0
     scaled = next(o for (_, k, _, n), o in cluster.objects.items() if k == "ScaledObject" and n == "llama-70b-prefill")
     assert scaled["metadata"]["annotations"]["autoscaling.keda.sh/paused-replicas"] == "0"
+
+
+def test_waking_holds_prefill_until_a_decode_pod_is_available() -> None:
+    from disagg.scaling import held_asleep
+
+    # waking, both still at zero: decode first
+    assert held_asleep(waking=True, prefill_replicas=0, decode_available=0) == {"prefill"}
+    # one decode pod serves: prefill follows
+    assert held_asleep(waking=True, prefill_replicas=0, decode_available=1) == frozenset()
+    # prefill already up (awake model, decode outage): never taken down
+    assert held_asleep(waking=True, prefill_replicas=2, decode_available=0) == frozenset()
+    # asleep, or nothing known yet: nothing held
+    assert held_asleep(waking=False, prefill_replicas=0, decode_available=0) == frozenset()
+    assert held_asleep(waking=True, prefill_replicas=None, decode_available=0) == frozenset()
+
+
+def test_a_held_fixed_size_role_renders_at_zero_and_a_held_keda_role_paused() -> None:
+    from disagg.render.autoscaling import KEDA_PAUSED_REPLICAS
+    from tests.conftest import ROOT, load
+    from tests.test_render import by_kind, render_with
+
+    body = load(ROOT / "manifests" / "samples" / "llama-3.3-70b-disaggregated.yaml")
+    autoscaled = {role: dict(body["spec"][role]["replicas"]) for role in ("prefill", "decode")}
+    for role in ("prefill", "decode"):
+        body["spec"][role]["replicas"] = {"min": 2, "max": 2}  # fixed size: the operator owns replicas
+    objects = render_with(body, held_asleep=frozenset({"prefill"}))
+    deployments = by_kind(objects, "Deployment")
+    assert deployments["llama-70b-prefill"]["spec"]["replicas"] == 0
+    assert deployments["llama-70b-decode"]["spec"]["replicas"] >= 1
+    for role, replicas in autoscaled.items():
+        body["spec"][role]["replicas"] = replicas
+    body["spec"]["autoscaling"] = {"engine": "keda", "prometheus": {"url": "http://prometheus:9090"}}
+    scalers = by_kind(render_with(body, held_asleep=frozenset({"prefill"})), "ScaledObject")
+    assert scalers["llama-70b-prefill"]["metadata"]["annotations"][KEDA_PAUSED_REPLICAS] == "0"
+    assert KEDA_PAUSED_REPLICAS not in (scalers["llama-70b-decode"]["metadata"].get("annotations") or {})

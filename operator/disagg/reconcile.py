@@ -24,7 +24,7 @@ from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
 from disagg.placement import Claim, Placement, PodDemand, node_inventory, place, reserve
-from disagg.planner.plan import ENGINE_ROLES, Plan, engine_role_plans, engine_roles
+from disagg.planner.plan import ENGINE_ROLES, ROLE_DECODE, ROLE_PREFILL, Plan, engine_role_plans, engine_roles
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
 from disagg.render import (
@@ -34,7 +34,17 @@ from disagg.render import (
     render,
 )
 from disagg.render.names import child_name
-from disagg.scaling import Action, Decision, Queries, Signals, WorkloadQueries, decide, queries, workload_queries
+from disagg.scaling import (
+    Action,
+    Decision,
+    Queries,
+    Signals,
+    WorkloadQueries,
+    decide,
+    held_asleep,
+    queries,
+    workload_queries,
+)
 from disagg.settings import OperatorSettings
 from disagg.status import RoleObservation, failed_status, healthy_status
 
@@ -200,6 +210,7 @@ def _role_observations(
     deployments: Mapping[str, Mapping[str, Any]],
     *,
     engines_at_zero: bool = False,
+    held_asleep: frozenset[str] = frozenset(),
     template_generations: Mapping[str, int | None] | None = None,
 ) -> list[RoleObservation]:
     roles: list[tuple[str, int, int | None]] = [
@@ -210,7 +221,7 @@ def _role_observations(
         RoleObservation(
             name=role,
             deployment=deployments.get(child_name(model.name, role)),
-            planned=0 if engines_at_zero and role != ROLE_ROUTER else planned,
+            planned=0 if (engines_at_zero and role != ROLE_ROUTER) or role in held_asleep else planned,
             tensor_parallel=tp,
             template_generation=(template_generations or {}).get(role),
         )
@@ -365,6 +376,27 @@ def _kept_for_mode_switch(
     return old
 
 
+def _held_asleep(
+    model: ModelRef, plan: Plan, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]], zero: ZeroState
+) -> frozenset[str]:
+    """While waking, the roles that stay at zero this pass (see ``scaling.held_asleep``)."""
+    if not zero.enabled or zero.at_zero:
+        return frozenset()
+    names = {name for name, _ in engine_role_plans(plan)}
+    if not {ROLE_PREFILL, ROLE_DECODE} <= names:
+        return frozenset()
+    deployments = {key[3]: obj for key, obj in live.items() if key[1] == "Deployment"}
+    prefill = deployments.get(child_name(model.name, ROLE_PREFILL))
+    decode = deployments.get(child_name(model.name, ROLE_DECODE))
+    if prefill is None or decode is None:
+        return frozenset()
+    return held_asleep(
+        waking=True,
+        prefill_replicas=int((prefill.get("spec") or {}).get("replicas") or 0),
+        decode_available=int((decode.get("status") or {}).get("availableReplicas") or 0),
+    )
+
+
 def _sync_scale(cluster: Cluster, deployment: Mapping[str, Any] | None, replicas: int, wake: bool) -> bool:
     """Move an autoscaled Deployment through its /scale subresource, as an autoscaler does.
 
@@ -434,13 +466,14 @@ def reconcile(
     outcome.zero = zero
     placement = _placement(spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero)
     decisions = placement.decisions if placement is not None else []
-    rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero)
-    desired = [stamp(obj, settings.prefix) for obj in rendered]
     live = {
         identity(obj): obj
         for obj in cluster.list_children(model.namespace, model_labels(model, settings))
         if model.uid is None or owned_by(obj, model.uid)
     }
+    held = _held_asleep(model, plan, live, zero)
+    rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero, held_asleep=held)
+    desired = [stamp(obj, settings.prefix) for obj in rendered]
     missing = missing_apis(cluster, desired)
     if missing:
         # before any write: a half-applied model is worse than an unchanged one
@@ -481,14 +514,17 @@ def reconcile(
     if zero.enabled and spec.autoscaling.engine == AutoscalingEngine.HPA:
         for role, role_plan in engine_role_plans(plan):
             name = child_name(model.name, role)
-            target = 0 if zero.at_zero else role_plan.replicas
-            if role_plan.autoscaled and _sync_scale(cluster, deployments.get(name), target, wake=not zero.at_zero):
+            asleep = zero.at_zero or role in held
+            target = 0 if asleep else role_plan.replicas
+            if role_plan.autoscaled and _sync_scale(cluster, deployments.get(name), target, wake=not asleep):
                 outcome.scaled.append(f"Deployment/{name}")
                 scaled = dict(deployments[name])
                 scaled["spec"] = {**scaled.get("spec", {}), "replicas": target}
                 deployments[name] = scaled
     generations = _template_generations(model, previous, applied_generation)
-    roles = _role_observations(model, plan, deployments, engines_at_zero=zero.at_zero, template_generations=generations)
+    roles = _role_observations(
+        model, plan, deployments, engines_at_zero=zero.at_zero, held_asleep=held, template_generations=generations
+    )
     wanted = {identity(obj) for obj in desired}
     stale = [obj for key, obj in live.items() if key not in wanted]
     kept = _kept_for_mode_switch(spec, plan, stale, roles, settings, zero.at_zero)

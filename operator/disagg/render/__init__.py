@@ -258,6 +258,7 @@ def render(
     placement: Placement | None = None,
     *,
     engines_at_zero: bool = False,
+    held_asleep: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Every child object the model needs, in apply order (config before workloads before scalers).
 
@@ -286,7 +287,7 @@ def render(
     for role, plan_role, role_spec in roles:
         autoscaled = _autoscaled(spec, plan_role)
         deployment = _engine_deployment(model, spec, plan_role, role_spec, role, settings, placement, autoscaled)
-        if engines_at_zero and not autoscaled:
+        if (engines_at_zero or role in held_asleep) and not autoscaled:
             deployment["spec"]["replicas"] = 0
         objects.append(deployment)
         if role == ROLE_DECODE:
@@ -317,7 +318,7 @@ def render(
                 target_name=child_name(model.name, role),
                 namespace=model.namespace,
             )
-            if engines_at_zero and scaler["kind"] == "ScaledObject":
+            if (engines_at_zero or role in held_asleep) and scaler["kind"] == "ScaledObject":
                 scaler["metadata"].setdefault("annotations", {})[autoscaling.KEDA_PAUSED_REPLICAS] = "0"
             objects.append(scaler)
     if _autoscaled(spec, plan.router):

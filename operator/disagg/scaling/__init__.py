@@ -162,3 +162,22 @@ def workload_queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str,
         ttft=quantile("vllm:time_to_first_token_seconds"),
         itl=quantile("vllm:inter_token_latency_seconds"),
     )
+
+
+PREFILL = "prefill"
+
+
+def held_asleep(*, waking: bool, prefill_replicas: int | None, decode_available: int | None) -> frozenset[str]:
+    """Roles kept at zero for now while a model wakes: prefill, until a decode pod is available.
+
+    The router releases a held request as soon as any engine pod joins its pool. A prefill pod
+    alone cannot answer it (the picker fails it: no decode worker), while a decode pod alone can
+    (the picker serves it without remote prefill). So decode wakes first and prefill follows as
+    soon as one decode pod is available. Only a role still at zero is held: a decode outage in a
+    model that is awake never takes prefill down.
+    """
+    if not waking or prefill_replicas is None or decode_available is None:
+        return frozenset()
+    if prefill_replicas == 0 and decode_available == 0:
+        return frozenset({PREFILL})
+    return frozenset()
