@@ -64,6 +64,9 @@ bench-convergence: $(STAMP) ## time to Ready, writes and operator cost for 50/20
 	$(MAKE) --no-print-directory e2e-tools
 	$(BIN)/python bench/convergence.py
 
-bench: bench-planner bench-scaling bench-convergence ## every benchmark
+bench-serving: $(STAMP) e2e-tools ## router + sidecar latency over a direct engine, and wake-from-zero to first token (own cluster, ~8 min, root)
+	$(BIN)/python bench/serving.py
+
+bench: bench-planner bench-serving bench-convergence ## every benchmark
 
 -include charts/charts.mk

@@ -2,7 +2,7 @@
 # Everything is delegated to the scripts next to this file (see e2e/README.md).
 DISAGG_E2E_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
-.PHONY: e2e-tools cluster-up cluster-down cluster-status bench-scaling
+.PHONY: e2e-tools cluster-up cluster-down cluster-status
 
 e2e-tools: ## Build/cache the e2e binaries (kube-*, etcd, kwok, helm, llm-d router, prometheus-adapter, llm-d-inference-sim), Prometheus, KEDA/GAIE/Gateway API CRDs
 	bash $(DISAGG_E2E_DIR)/tools.sh
@@ -20,5 +20,3 @@ cluster-down: ## Stop and delete the local kwok cluster
 cluster-status: ## Show whether the local kwok cluster is up
 	bash $(DISAGG_E2E_DIR)/cluster.sh status
 
-bench-scaling: $(STAMP) e2e-tools ## Wake latency, load step -> HPA scale-up, operator CPU per loop at 100 models (own cluster, ~6 min)
-	.venv/bin/python bench/scaling.py
