@@ -14,7 +14,6 @@ sets an engine metric by flag.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import os
@@ -31,7 +30,7 @@ import yaml
 
 from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, OperatorProcess, operator_writes, wait_for
 from e2e.metrics import SCRAPE_INTERVAL_SECONDS, MetricsStack, OwnershipLog, first_visible, scale_writes
-from e2e.serving import Load, Result, RuntimeProcess, one_request, prompt_of, ready_pods, router_address, running_model
+from e2e.serving import Load, Result, RuntimeProcess, prompt_of, ready_pods, router_address, running_model, send
 
 pytestmark = pytest.mark.e2e
 MODEL = "m"
@@ -196,18 +195,8 @@ def start_model(kubectl: Kubectl, metrics_stack: MetricsStack, namespace: str, b
             timeout=60,
         )
     url = router_address(kubectl, namespace, MODEL)
-    wait_for("the router to route", lambda: send_one(url, "hi", 2).ok, timeout=60)
+    wait_for("the router to route", lambda: send(url, SERVED_MODEL, prompt="hi", max_tokens=2).ok, timeout=60)
     return url
-
-
-def send_one(url: str, prompt: str, max_tokens: int, timeout: float = 120) -> Result:
-    import aiohttp
-
-    async def run() -> Result:
-        async with aiohttp.ClientSession() as session:
-            return await one_request(session, url, SERVED_MODEL, prompt=prompt, max_tokens=max_tokens, timeout=timeout)
-
-    return asyncio.run(run())
 
 
 class HeldRequest:
@@ -217,7 +206,11 @@ class HeldRequest:
         self.sent = time.time()
         self.result: Result | None = None
         self._thread = threading.Thread(
-            target=lambda: setattr(self, "result", send_one(url, prompt_of(40, seed=int(self.sent)), 4, timeout)),
+            target=lambda: setattr(
+                self,
+                "result",
+                send(url, SERVED_MODEL, prompt=prompt_of(40, seed=int(self.sent)), max_tokens=4, timeout=timeout),
+            ),
             daemon=True,
         )
         self._thread.start()
