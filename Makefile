@@ -46,7 +46,7 @@ test: lint types unit e2e ## everything CI runs: lint, types, unit and e2e tests
 crd: $(STAMP) ## regenerate the CRD from the pydantic models
 	$(BIN)/disagg crd -o $(CRD_FILE)
 
-generate: crd ## regenerate every generated file
+generate: crd chart-crds ## regenerate every generated file (the CRD and its chart copy; `make manifests` renders install.yaml with helm)
 
 clean: ## remove local build/test state (not the tool cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, cluster_down, cluster_up, wait_for
+from e2e.metrics import MetricsStack
 from e2e.serving import RuntimeProcess, runtime_bin_dir, runtime_supported
 
 
@@ -105,3 +106,29 @@ def runtime(cluster: ClusterEnv, tmp_path_factory: pytest.TempPathFactory) -> It
         proc.stop()
         if os.environ.get("DISAGG_E2E_SHOW_LOG"):
             print(proc.tail(200))
+
+
+@pytest.fixture(scope="module")
+def metrics_stack(cluster: ClusterEnv, kubectl: Kubectl) -> Iterator[MetricsStack]:
+    """Prometheus scraping what the chart's PodMonitor selects, and prometheus-adapter serving the
+    HPA's custom metrics API from it."""
+    stack = MetricsStack(cluster, kubectl)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        if os.environ.get("DISAGG_E2E_SHOW_LOG"):
+            print(stack.logs())
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def scaling_operator(operator: OperatorProcess, metrics_stack: MetricsStack) -> Iterator[OperatorProcess]:
+    """The session operator (cluster-wide, so no second operator ever sees these namespaces),
+    restarted with DISAGG_PROMETHEUS_URL pointing at the private Prometheus; restored afterwards."""
+    previous = dict(operator.extra_env)
+    operator.restart({**previous, "DISAGG_PROMETHEUS_URL": metrics_stack.prometheus.url})
+    try:
+        yield operator
+    finally:
+        operator.restart(previous)

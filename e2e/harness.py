@@ -278,6 +278,26 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def starts(self) -> int:
+        """How many times this log has seen the operator come up."""
+        if not self.log_path.exists():
+            return 0
+        return self.log_path.read_text(errors="replace").count("disagg operator started")
+
+    def restart(self, extra_env: dict[str, str] | None = None, *, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``kill``) and start again (with ``extra_env`` if given),
+        returning once the new process is up."""
+        before = self.starts()
+        if kill:
+            self.kill()
+            assert not self.alive()
+        else:
+            self.stop()
+        if extra_env is not None:
+            self.extra_env = extra_env
+        self.start()
+        wait_for("the operator to restart", lambda: self.starts() > before or None, timeout=60)
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
             return ""

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,52 +38,6 @@ HPA_AGENT = "kube-controller-manager"
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-
-
-def _starts(operator: OperatorProcess) -> int:
-    if not operator.log_path.exists():
-        return 0
-    return operator.log_path.read_text(errors="replace").count("disagg operator started")
-
-
-def _restart_operator(
-    operator: OperatorProcess, extra_env: dict[str, str] | None = None, *, kill: bool = False
-) -> None:
-    """Stop (SIGTERM, or SIGKILL with ``kill``) and start again, waiting for the new process to be up."""
-    before = _starts(operator)
-    if kill:
-        operator.kill()
-        assert not operator.alive()
-    else:
-        operator.stop()
-    if extra_env is not None:
-        operator.extra_env = extra_env
-    operator.start()
-    wait_for("the operator to restart", lambda: _starts(operator) > before or None, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def metrics_stack(cluster: ClusterEnv, kubectl: Kubectl) -> Iterator[MetricsStack]:
-    stack = MetricsStack(cluster, kubectl)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        if os.environ.get("DISAGG_E2E_SHOW_LOG"):
-            print(stack.logs())
-        stack.stop()
-
-
-@pytest.fixture(scope="module")
-def scaling_operator(operator: OperatorProcess, metrics_stack: MetricsStack) -> Iterator[OperatorProcess]:
-    """The session operator (cluster-wide, so no second operator ever sees these namespaces),
-    restarted with DISAGG_PROMETHEUS_URL pointing at the private Prometheus; restored afterwards."""
-    previous = dict(operator.extra_env)
-    _restart_operator(operator, {**previous, "DISAGG_PROMETHEUS_URL": metrics_stack.prometheus.url})
-    try:
-        yield operator
-    finally:
-        _restart_operator(operator, previous)
 
 
 PREFILL_HEAVY = {"concurrency": 16, "prompt_tokens": 1000, "max_tokens": 2}
@@ -482,7 +435,7 @@ def test_operator_restart_at_zero_stays_consistent_then_wakes(
     time.sleep(4)  # let the last status write settle
     before = dm(kubectl, namespace)
     since = time.time()
-    _restart_operator(scaling_operator, kill=True)
+    scaling_operator.restart(kill=True)
     time.sleep(12)  # several resync periods and wake polls
     assert replicas(kubectl, namespace, "prefill") == 0
     assert replicas(kubectl, namespace, "decode") == 0

@@ -109,12 +109,14 @@ class ReplanMetrics:
     def __init__(self, observed: ObservedWorkload) -> None:
         self.observed = observed
         self.calls = 0
+        self.queries: list[WorkloadQueries] = []
 
     def signals(self, queries: Queries, *, at_zero: bool) -> Signals:
         return Signals(demand=1.0, demand_window=1.0, busy_window=1.0)
 
     def workload(self, queries: WorkloadQueries) -> ObservedWorkload:
         self.calls += 1
+        self.queries.append(queries)
         return self.observed
 
 
@@ -122,7 +124,7 @@ class ReplanMetrics:
 def test_reconcile_replans_once_per_interval(interval_passed: bool) -> None:
     cluster = MemoryCluster()
     body = load(LLAMA)
-    body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "5m"}}
+    body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "4m"}}
     body["spec"]["prefill"]["replicas"] = {"min": 1, "max": 12}
     body["spec"]["autoscaling"] = {"engine": "hpa", "prometheus": {"url": "http://127.0.0.1:9"}}
     cluster.add_model(body)
@@ -141,6 +143,9 @@ def test_reconcile_replans_once_per_interval(interval_passed: bool) -> None:
     status = cluster.models[("default", "llama-70b")]["status"]
     assert status["replan"]["observed"]["requestRate"] == 25.0
     assert metrics.calls == 1
+    # each decision reads the traffic of one interval
+    assert "[4m]" in metrics.queries[0].request_rate
+    assert "[4m]" in metrics.queries[0].ttft
     run("2026-11-28T01:06:00Z" if interval_passed else "2026-11-28T01:01:00Z")
     assert metrics.calls == (2 if interval_passed else 1)
     hpa = next(

@@ -30,7 +30,10 @@ def test_default_queries_select_the_models_router_and_engines() -> None:
     assert 'namespace="ns",pod=~"llama-router-.+"' in q.demand
     for series in ("llm_d_epp_request_total", "llm_d_epp_flow_control_queue_size", "llm_d_epp_info"):
         assert series in q.demand
-    assert q.demand_window.startswith("max_over_time((")
+    # requests counted over the idle window itself (no 1-minute rate tail), held ones at their peak
+    assert 'increase(llm_d_epp_request_total{namespace="ns",pod=~"llama-router-.+"}[10m])' in q.demand_window
+    assert "rate(" not in q.demand_window
+    assert "max_over_time((sum(llm_d_epp_flow_control_queue_size" in q.demand_window
     assert "[10m:15s]" in q.demand_window
     assert "vllm:num_requests_running" in q.busy_window
     assert "llama-(prefill|decode|prefill-decode)-.+" in q.busy_window
@@ -44,6 +47,7 @@ def test_short_idle_windows_sample_more_often() -> None:
 def test_queries_can_be_overridden() -> None:
     q = queries(spec(demandQuery="sum(my_queue)", idleQuery="sum(my_busy)"), namespace="ns", name="m")
     assert q.demand == "sum(my_queue)"
+    assert q.demand_window == "max_over_time((sum(my_queue))[10m:15s])"
     assert q.busy_window == "max_over_time((sum(my_busy))[10m:15s])"
 
 

@@ -310,7 +310,11 @@ def _replanned(
     url = settings.prometheus_for(spec.autoscaling.prometheus.url)
     if not due or url is None or metrics is None:
         return apply_floors(plan, last), last
-    observed = metrics(url).workload(workload_queries(spec, namespace=meta["namespace"], name=meta["name"]))
+    # the traffic since the last decision: rates and means over one interval
+    window = spec.planner.replan.interval
+    observed = metrics(url).workload(
+        workload_queries(spec, namespace=meta["namespace"], name=meta["name"], window=window)
+    )
 
     def planner(candidate: DisaggregatedModelSpec) -> Plan | None:
         return resolve_plan(candidate).plan

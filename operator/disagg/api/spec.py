@@ -389,7 +389,8 @@ class ReplanSpec(CamelModel):
     enabled: bool = False
     """Re-plan from observed traffic."""
     interval: Duration = "5m"
-    """How often to re-plan."""
+    """How often to re-plan; each decision reads the traffic of the last interval (keep it at least
+    four Prometheus scrape intervals long)."""
 
 
 class PlannerObjective(StrEnum):

@@ -65,18 +65,38 @@ def router_demand_query(router_selector: str) -> str:
     )
 
 
+def router_demand_window_query(router_selector: str, window: str) -> str:
+    """Requests the router scheduled or held at any time within ``window``.
+
+    Counted with ``increase`` over the window itself rather than as the peak of the 1-minute
+    rate: that rate stays above zero for a minute after the last request, which would stretch
+    every idle window by a minute (``idleAfter: 20s`` sleeping after 80 s).
+    """
+    seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+    step = _step(window)
+    return (
+        f"(sum(increase({ROUTER_REQUESTS}{{{router_selector}}}[{window}])) or {seen})"
+        f" + (max_over_time((sum({ROUTER_HELD}{{{router_selector}}}) or {seen})[{window}:{step}]))"
+    )
+
+
 def queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str) -> Queries:
     """Default PromQL for the llm-d router and vLLM, or the spec's overrides."""
     router = _selector(namespace, f"{name}-router-.+")
     engines = _selector(namespace, f"{name}-(prefill|decode|prefill-decode)-.+")
-    demand = spec.scale_to_zero.demand_query or router_demand_query(router)
+    window = spec.scale_to_zero.idle_after
+    custom = spec.scale_to_zero.demand_query
+    demand = custom or router_demand_query(router)
     busy = spec.scale_to_zero.idle_query or (
         f"sum(vllm:num_requests_running{{{engines}}}) + sum(vllm:num_requests_waiting{{{engines}}})"
     )
-    window = spec.scale_to_zero.idle_after
     return Queries(
         demand=demand,
-        demand_window=f"max_over_time(({demand})[{window}:{_step(window)}])",
+        demand_window=(
+            f"max_over_time(({custom})[{window}:{_step(window)}])"
+            if custom
+            else router_demand_window_query(router, window)
+        ),
         busy_window=f"max_over_time(({busy})[{window}:{_step(window)}])",
     )
 
