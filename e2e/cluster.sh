@@ -315,7 +315,7 @@ cmd_down() {
     if [[ -n "${xp}" ]] && kill -0 "${xp}" 2>/dev/null; then
       log "stopping pid ${xp} ($(basename "$f" .pid))"
       kill -TERM -- "-${xp}" 2>/dev/null || kill -TERM "${xp}" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "${xp}" 2>/dev/null || break; sleep 0.2; done
+      for _ in $(seq 1 300); do kill -0 "${xp}" 2>/dev/null || break; sleep 0.2; done
       kill -KILL -- "-${xp}" 2>/dev/null || true
     fi
   done

@@ -521,7 +521,7 @@ class MetricsStack:
         return f"--- prometheus\n{self.prometheus.process.tail()}\n--- adapter\n{self.adapter.process.tail()}"
 
 
-# -- timing and ownership helpers (tests and bench/scaling.py) ---------------------------------
+# -- timing and ownership helpers (tests and bench/serving.py) ---------------------------------
 
 
 def audit_time(stamp: str) -> float:
@@ -618,3 +618,47 @@ class OwnershipLog:
 
     def owners_of(self, name: str, path: str) -> set[str]:
         return set().union(*self.history.get((name, path), [frozenset()]))
+
+
+# -- a detached stack (`make demo`) ---------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m e2e.metrics --cluster NAME --url-file F``: run the stack for a local cluster until
+    SIGTERM; F gets Prometheus's URL once it and the adapter serve (``make demo`` reads it)."""
+    import argparse
+
+    from e2e.harness import cluster_env
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--cluster", required=True, help="the local cluster's name (DISAGG_CLUSTER_NAME)")
+    parser.add_argument("--url-file", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    facts = cluster_env(args.cluster)
+    cluster = ClusterEnv(
+        facts["KUBECONFIG"],
+        facts.get("DISAGG_E2E_BIN_DIR"),
+        facts.get("DISAGG_E2E_AUDIT_LOG"),
+        args.cluster,
+        facts.get("DISAGG_E2E_CLUSTER_DIR"),
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    stack = MetricsStack(cluster, Kubectl(cluster)).start()
+    try:
+        args.url_file.unlink(missing_ok=True)
+        tmp = args.url_file.with_suffix(".tmp")
+        tmp.write_text(stack.prometheus.url)
+        tmp.replace(args.url_file)
+        log.info("metrics stack serving: prometheus %s", stack.prometheus.url)
+        stopping.wait()
+    finally:
+        args.url_file.unlink(missing_ok=True)
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

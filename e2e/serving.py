@@ -146,6 +146,19 @@ def metric_sum(values: dict[str, float], name: str) -> float:
     return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
 
 
+ENGINE_PORTS = {"decode": 8200, "prefill": 8000, "prefill-decode": 8000}
+"""where vLLM itself listens: decode pods put the routing sidecar on 8000 in front of it"""
+
+
+def engine_successes(kubectl: Kubectl, namespace: str, model: str, role: str) -> float:
+    """``vllm:request_success_total`` summed over the role's ready pods, scraped from the pods."""
+    total = 0.0
+    for pod in ready_pods(kubectl, namespace, role, model):
+        url = f"http://{pod['status']['podIP']}:{ENGINE_PORTS[role]}/metrics"
+        total += metric_sum(scrape(url), "vllm:request_success_total")
+    return total
+
+
 # -- load ---------------------------------------------------------------------------------------
 
 

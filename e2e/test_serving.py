@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from e2e.harness import Kubectl, OperatorProcess, wait_for
-from e2e.serving import RuntimeProcess, metric_sum, prompt_of, ready_pods, router_address, running_model, scrape, send
+from e2e.serving import RuntimeProcess, engine_successes, prompt_of, ready_pods, router_address, running_model, send
 
 pytestmark = pytest.mark.e2e
 MODEL = "m"
@@ -47,15 +47,6 @@ def wait_model(kubectl: Kubectl, namespace: str, status: str, timeout: float = 1
     return wait_for(f"model Ready={status}", probe, timeout=timeout)
 
 
-def engine_successes(kubectl: Kubectl, namespace: str, role: str) -> float:
-    """``vllm:request_success_total`` summed over the role's ready pods, scraped from the pods."""
-    port = 8200 if role == "decode" else 8000
-    total = 0.0
-    for pod in ready_pods(kubectl, namespace, role, MODEL):
-        total += metric_sum(scrape(f"http://{pod['status']['podIP']}:{port}/metrics"), "vllm:request_success_total")
-    return total
-
-
 @pytest.fixture
 def served(
     kubectl: Kubectl, operator: OperatorProcess, runtime: RuntimeProcess, namespace: str
@@ -73,19 +64,19 @@ def test_completions_and_chat_are_answered_and_long_prompts_go_through_prefill(
 ) -> None:
     namespace, url = served
     model = "e2e/fake-model"
-    before = {r: engine_successes(kubectl, namespace, r) for r in ("prefill", "decode")}
+    before = {r: engine_successes(kubectl, namespace, MODEL, r) for r in ("prefill", "decode")}
 
     short = send(url, model, prompt=prompt_of(20, seed=1), max_tokens=8)
     assert short.ok, (short.status, short.text, short.error)
     assert short.text
-    after_short = {r: engine_successes(kubectl, namespace, r) for r in ("prefill", "decode")}
+    after_short = {r: engine_successes(kubectl, namespace, MODEL, r) for r in ("prefill", "decode")}
     assert after_short["decode"] == before["decode"] + 1
     assert after_short["prefill"] == before["prefill"], "a short prompt must be served by decode alone"
 
     long = send(url, model, prompt=prompt_of(4 * THRESHOLD, seed=2), max_tokens=8, chat=True)
     assert long.ok, (long.status, long.text, long.error)
     assert long.text
-    after_long = {r: engine_successes(kubectl, namespace, r) for r in ("prefill", "decode")}
+    after_long = {r: engine_successes(kubectl, namespace, MODEL, r) for r in ("prefill", "decode")}
     assert after_long["prefill"] == after_short["prefill"] + 1, "a prompt over the threshold must be prefilled remotely"
     assert after_long["decode"] == after_short["decode"] + 1
 
@@ -104,9 +95,9 @@ def test_threshold_change_reaches_the_running_picker(
     namespace, url = served
     model = "e2e/fake-model"
     prompt_tokens = 4 * THRESHOLD
-    before = engine_successes(kubectl, namespace, "prefill")
+    before = engine_successes(kubectl, namespace, MODEL, "prefill")
     assert send(url, model, prompt=prompt_of(prompt_tokens, seed=10), max_tokens=4).ok
-    assert engine_successes(kubectl, namespace, "prefill") == before + 1
+    assert engine_successes(kubectl, namespace, MODEL, "prefill") == before + 1
 
     old_routers = {p["metadata"]["name"] for p in ready_pods(kubectl, namespace, "router", MODEL)}
     kubectl.run(
@@ -125,9 +116,9 @@ def test_threshold_change_reaches_the_running_picker(
     mounted = runtime.pod_dir(namespace, new_router["metadata"]["name"]) / "volumes" / "config" / "config.yaml"
     assert f"nonCachedTokens: {16 * THRESHOLD}" in mounted.read_text()
     wait_for("the new router to answer", lambda: send(url, model, prompt="hi", max_tokens=2).ok, timeout=60)
-    middle = engine_successes(kubectl, namespace, "prefill")
+    middle = engine_successes(kubectl, namespace, MODEL, "prefill")
     assert send(url, model, prompt=prompt_of(prompt_tokens, seed=11), max_tokens=4).ok
-    assert engine_successes(kubectl, namespace, "prefill") == middle, "the same prompt is now under the threshold"
+    assert engine_successes(kubectl, namespace, MODEL, "prefill") == middle, "now under the threshold"
 
 
 def test_killed_engine_makes_its_pod_not_ready_and_the_model_not_ready_then_recovers(

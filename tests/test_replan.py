@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -103,6 +104,22 @@ def test_workload_queries_use_the_slo_percentile() -> None:
     q = workload_queries(llama_spec(), namespace="ns", name="m")
     assert q.ttft.startswith("histogram_quantile(0.9,")
     assert 'pod=~"m-(decode|prefill-decode)-.+"' in q.request_rate
+
+
+def test_observed_ttft_adds_the_remote_prefill() -> None:
+    """A decode engine's TTFT after a remote prefill is only the KV transfer: the prefill pods'
+    TTFT is added, and its regex takes prefill pods but not an aggregated model's pods."""
+    q = workload_queries(llama_spec(), namespace="ns", name="m")
+    finishing, _, prefill = q.ttft.partition(" + ")
+    assert 'pod=~"m-(decode|prefill-decode)-.+"' in finishing
+    assert prefill.endswith(">= 0 or vector(0))")
+    found = re.search(r'pod=~"([^"]+)"', prefill)
+    assert found is not None
+    pods = re.compile(found.group(1))  # RE2 and Python agree on this subset; Prometheus anchors it
+    assert pods.fullmatch("m-prefill-7d9f8c6b5-x2x4q")
+    assert not pods.fullmatch("m-prefill-decode-7d9f8c6b5-x2x4q")
+    assert not pods.fullmatch("m-decode-7d9f8c6b5-x2x4q")
+    assert not pods.fullmatch("other-prefill-7d9f8c6b5-x2x4q")
 
 
 class ReplanMetrics:

@@ -927,7 +927,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print("another e2e runtime is running on this machine (/run/disagg-e2e-runtime.lock)", file=sys.stderr)
+        print(
+            "another e2e runtime is running on this machine (/run/disagg-e2e-runtime.lock); `make demo` leaves"
+            " one running with its cluster: `make cluster-down` stops it",
+            file=sys.stderr,
+        )
         return 3
     logging.basicConfig(
         level=logging.INFO,

@@ -165,21 +165,34 @@ class WorkloadQueries:
 
 
 def workload_queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str, window: str = "5m") -> WorkloadQueries:
-    """vLLM metrics of the pods that finish requests (decode, or prefill-decode when aggregated)."""
+    """vLLM metrics of the pods that finish requests (decode, or prefill-decode when aggregated).
+
+    TTFT is the exception. A decode engine whose prompt was prefilled remotely counts its first
+    token from the moment the request reached it, so its TTFT is only the KV transfer; what the
+    client waits for is the prefill engine's TTFT (queue + prefill, a one-token request) plus
+    that. The query adds the prefill pods' quantile to the finishing pods' one: an upper bound of
+    the quantile of the sum (exact for the mean), which errs towards more prefill capacity, and 0
+    where no prefill pod served in the window (aggregated models, short prompts only).
+    """
     sel = _selector(namespace, f"{name}-(decode|prefill-decode)-.+")
+    # a Deployment's pods are <name>-<pod-template-hash>-<suffix>: two segments after the role,
+    # which keeps out <name>-prefill-decode-... (Prometheus regexes are RE2, no lookahead)
+    prefill_sel = _selector(namespace, f"{name}-prefill-[a-z0-9]+-[a-z0-9]+")
     q = spec.slo.percentile / 100
 
     def mean(metric: str) -> str:
         return f"sum(rate({metric}_sum{{{sel}}}[{window}])) / sum(rate({metric}_count{{{sel}}}[{window}]))"
 
-    def quantile(metric: str) -> str:
-        return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{sel}}}[{window}])))"
+    def quantile(metric: str, selector: str = sel) -> str:
+        return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{selector}}}[{window}])))"
 
+    ttft = "vllm:time_to_first_token_seconds"
     return WorkloadQueries(
         request_rate=f"sum(rate(vllm:request_success_total{{{sel}}}[{window}]))",
         input_tokens=mean("vllm:request_prompt_tokens"),
         output_tokens=mean("vllm:request_generation_tokens"),
-        ttft=quantile("vllm:time_to_first_token_seconds"),
+        # `>= 0` drops the NaN of a window without prefill requests, so `or vector(0)` applies
+        ttft=f"{quantile(ttft)} + ({quantile(ttft, prefill_sel)} >= 0 or vector(0))",
         itl=quantile("vllm:inter_token_latency_seconds"),
     )
 
