@@ -70,6 +70,18 @@ def script_text(module: str) -> str:
     return f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m {module} "$@"\n'
 
 
+CONTAINER_MOUNTS = ("/tmp", "/proc", "/sys", "/dev")
+"""Where every container gets its own filesystem (launch.py), hiding the host's."""
+
+
+def hidden_host_dirs() -> list[str]:
+    """Host directories a stand-in needs (this checkout and the interpreter's environment) that a
+    container's own /tmp would hide, e.g. a checkout cloned under /tmp: bound into the container."""
+    needed = [ROOT.resolve(), Path(sys.prefix).resolve(), Path(sys.executable).resolve().parent]
+    hidden = [p for p in needed if any(p.is_relative_to(m) and str(p) != m for m in CONTAINER_MOUNTS)]
+    return sorted({str(p) for p in hidden if not any(p != q and p.is_relative_to(q) for q in hidden)})
+
+
 def interpreter_dirs() -> list[str]:
     """Host directories a non-root container must be able to traverse to run a stand-in."""
     dirs: set[str] = set()

@@ -443,6 +443,9 @@ class PodWorker:
             binds.append({"source": str(script), "target": target, "readOnly": True})
         if image.vllm_parser:
             binds.append({"source": str(self.runtime.parser_dir), "target": VLLM_PARSER_DIR})
+        if image.scripts:
+            for host_dir in images.hidden_host_dirs():
+                binds.append({"source": host_dir, "target": host_dir, "readOnly": True})
         for mount in spec.get("volumeMounts") or []:
             source = self.dir / "volumes" / mount["name"]
             if mount.get("subPath"):

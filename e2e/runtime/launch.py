@@ -111,7 +111,10 @@ def enter(spec: dict[str, object]) -> None:
     for path in spec.get("traversable", []):  # type: ignore[attr-defined]
         # e.g. /root is 0700 on the host: a non-root container could not reach the interpreter
         # of a stand-in below it. The chmod lands in the overlay's upper layer only.
-        os.chmod(_inside(root, path), os.stat(_inside(root, path)).st_mode | 0o005)
+        inside = _inside(root, path)
+        mode = os.stat(inside).st_mode
+        if mode | 0o005 != mode:  # (a read-only bind of a host dir that is already traversable is left alone)
+            os.chmod(inside, mode | 0o005)
     if spec.get("readOnlyRoot"):
         mount("none", root, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
 
