@@ -602,3 +602,24 @@ def test_keda_scaled_objects_are_accepted_by_the_real_crd(kubectl: Kubectl, name
         kubectl.run(
             "delete", "crd", "scaledobjects.keda.sh", "--ignore-not-found", "--wait=true", check=False, timeout=120
         )
+
+
+@pytest.mark.parametrize("idle_after", ["20s", "30s", "1.5m", "1m30s", "2500ms"])
+def test_every_query_the_operator_builds_parses_in_the_real_prometheus(
+    metrics_stack: MetricsStack, idle_after: str
+) -> None:
+    """Each spec duration form, through Prometheus's own parser (`7.5s` is one it refuses)."""
+    from disagg.api.spec import DisaggregatedModelSpec
+    from disagg.scaling import queries, workload_queries
+
+    spec = DisaggregatedModelSpec.model_validate(
+        {
+            "model": {"name": SERVED_MODEL},
+            "scaleToZero": {"enabled": True, "idleAfter": idle_after},
+            "planner": {"replan": {"enabled": True, "interval": idle_after}},
+        }
+    )
+    texts = [*vars(queries(spec, namespace="ns", name="m")).values()]
+    texts += [*vars(workload_queries(spec, namespace="ns", name="m", window=idle_after)).values()]
+    for text in texts:
+        metrics_stack.prometheus.query(str(text))  # raises on a parse error

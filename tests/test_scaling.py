@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -42,6 +43,18 @@ def test_default_queries_select_the_models_router_and_engines() -> None:
 def test_short_idle_windows_sample_more_often() -> None:
     assert "[20s:5s]" in queries(spec(idleAfter="20s"), namespace="ns", name="m").demand_window
     assert "[2s:1s]" in queries(spec(idleAfter="2s"), namespace="ns", name="m").busy_window
+
+
+@pytest.mark.parametrize(
+    ("idle_after", "window", "step"),
+    [("30s", "30s", "7500ms"), ("1.5m", "90s", "15s"), ("1m30s", "1m30s", "15s"), ("2500ms", "2500ms", "1s")],
+)
+def test_windows_and_steps_are_durations_promql_parses(idle_after: str, window: str, step: str) -> None:
+    """Prometheus 2.x refuses fractional durations (`7.5s` failed every query of idleAfter: 30s)."""
+    q = queries(spec(idleAfter=idle_after), namespace="ns", name="m")
+    assert f"[{window}:{step}]" in q.busy_window
+    assert re.search(r"\[(\d+(ms|s|m|h))+(:(\d+(ms|s|m|h))+)?\]", q.demand_window)
+    assert not re.search(r"\d\.\d+(ms|s|m|h)", q.demand_window + q.busy_window)
 
 
 def test_queries_can_be_overridden() -> None:

@@ -8,6 +8,7 @@ model as it is and says why in ``MetricsAvailable``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -17,10 +18,25 @@ from disagg.api.types import duration_seconds
 MAX_SUBQUERY_STEP = 15.0
 
 
+def promql_duration(seconds: float) -> str:
+    """A duration PromQL accepts: whole seconds, else whole milliseconds (``7.5s`` and ``1.5m``,
+    valid in the spec, are parse errors in Prometheus 2.x)."""
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{max(round(seconds * 1000), 1)}ms"
+
+
+def _window(duration: str) -> str:
+    """The spec's duration as written where PromQL takes it (``10m``, ``1m30s``), else normalised."""
+    if re.fullmatch(r"([0-9]+(ms|s|m|h))+", duration):
+        return duration
+    return promql_duration(duration_seconds(duration))
+
+
 def _step(idle_after: str) -> str:
     """Subquery resolution: at most 15 s, and at least four samples inside the idle window
     (a window shorter than one step can hold no sample at all and reads as "no data")."""
-    return f"{max(min(MAX_SUBQUERY_STEP, duration_seconds(idle_after) / 4), 1.0):g}s"
+    return promql_duration(max(min(MAX_SUBQUERY_STEP, duration_seconds(idle_after) / 4), 1.0))
 
 
 class Action(StrEnum):
@@ -84,7 +100,7 @@ def queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str) -> Queri
     """Default PromQL for the llm-d router and vLLM, or the spec's overrides."""
     router = _selector(namespace, f"{name}-router-.+")
     engines = _selector(namespace, f"{name}-(prefill|decode|prefill-decode)-.+")
-    window = spec.scale_to_zero.idle_after
+    window = _window(spec.scale_to_zero.idle_after)
     custom = spec.scale_to_zero.demand_query
     demand = custom or router_demand_query(router)
     busy = spec.scale_to_zero.idle_query or (
@@ -174,6 +190,7 @@ def workload_queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str,
     the quantile of the sum (exact for the mean), which errs towards more prefill capacity, and 0
     where no prefill pod served in the window (aggregated models, short prompts only).
     """
+    window = _window(window)
     sel = _selector(namespace, f"{name}-(decode|prefill-decode)-.+")
     # a Deployment's pods are <name>-<pod-template-hash>-<suffix>: two segments after the role,
     # which keeps out <name>-prefill-decode-... (Prometheus regexes are RE2, no lookahead)
