@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -192,12 +193,10 @@ def report(kubectl: Kubectl, body: dict[str, Any]) -> None:
 
 
 def demo_model() -> dict[str, Any]:
-    """The sample as shipped, plus what the demo adds in memory: every pod runs (the runtime's
-    annotation on each role) and an idle model sleeps after 30 s, so the demo can show a wake."""
+    """The sample as shipped, plus the runtime's annotation on each role so every pod runs
+    (scale-to-zero is switched on later, on the running model)."""
     body = yaml.safe_load(SAMPLE.read_text())
-    spec = body["spec"]
-    spec["scaleToZero"] = {"enabled": True, "idleAfter": f"{IDLE_AFTER_SECONDS}s"}
-    return running_model(body["metadata"]["name"], spec)
+    return running_model(body["metadata"]["name"], body["spec"])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -258,6 +257,11 @@ def serving(kubectl: Kubectl, body: dict[str, Any]) -> None:
         print(f"  first failure: {failed[0].status} {(failed[0].text or failed[0].error)[:200]}")
 
     section("Scale to zero and back")
+    zero = {"spec": {"scaleToZero": {"enabled": True, "idleAfter": f"{IDLE_AFTER_SECONDS}s"}}}
+    kubectl.run("patch", "disaggregatedmodel", name, "-n", NAMESPACE, "--type=merge", "-p", json.dumps(zero))
+    print(
+        f"scaleToZero enabled on the running model (idleAfter {IDLE_AFTER_SECONDS}s); the router rolls to hold requests"
+    )
     quiet = time.monotonic()
 
     def asleep() -> dict[str, Any] | None:
@@ -266,14 +270,23 @@ def serving(kubectl: Kubectl, body: dict[str, Any]) -> None:
         return current if conds.get("ScaledToZero", {}).get("status") == "True" else None
 
     wait_for("the idle model to sleep", asleep, timeout=IDLE_AFTER_SECONDS + 120)
-    print(f"idle {time.monotonic() - quiet:.0f} s after the last request (idleAfter {IDLE_AFTER_SECONDS}s): at zero")
+    print(f"at zero {time.monotonic() - quiet:.0f} s after the last request (idleAfter {IDLE_AFTER_SECONDS}s)")
+    sent = time.monotonic()
     held = send(url, served, prompt="Wake up and say hello", max_tokens=8, timeout=180)
     if held.ok and held.ttft is not None:
         print(f"a request sent at zero was held by the router and answered: first token after {held.ttft:.1f} s")
     else:
         print(f"the request sent at zero failed: {held.status} {(held.text or held.error)[:200]}")
-    for role in ("prefill", "decode"):
-        print(f"  {role}: {len(ready_pods(kubectl, NAMESPACE, role, name))} pods Ready after the wake")
+    floors = {
+        role: int((body["status"]["plan"].get(role) or {}).get("replicas") or 0) for role in ("prefill", "decode")
+    }
+
+    def back() -> bool:
+        return all(len(ready_pods(kubectl, NAMESPACE, role, name)) >= n for role, n in floors.items())
+
+    wait_for("every role back at its floor", back, timeout=120, interval=0.5)
+    woke = time.monotonic() - sent
+    print(f"  decode wakes first (it can answer alone); every floor {floors} Ready {woke:.1f} s after the request")
 
     section("Your own request")
     print(f"curl -s {url}/v1/completions -H 'Content-Type: application/json' \\")
@@ -299,6 +312,10 @@ def demo() -> None:
         kubectl.run("create", "namespace", NAMESPACE)
     if kubectl.get("secret", "hf-token", NAMESPACE) is None:
         kubectl.run("create", "secret", "generic", "hf-token", "--from-literal=token=demo-not-a-token", "-n", NAMESPACE)
+    if kubectl.get("disaggregatedmodel", "llama-70b", NAMESPACE) is not None:
+        # a fresh model each run: the report and the serving figures then describe this run only
+        kubectl.run("delete", "disaggregatedmodel", "llama-70b", "-n", NAMESPACE, "--wait=true", timeout=180)
+        wait_for("the old model's pods to go", lambda: not kubectl.items("pods", NAMESPACE) or None, timeout=120)
     kubectl.apply(demo_model(), NAMESPACE)
 
     def ready() -> dict[str, Any] | None:
