@@ -13,9 +13,10 @@ from typing import Any
 
 import kopf
 
-from disagg.api.spec import GROUP, KIND, PLURAL, VERSION
+from disagg.api.spec import GROUP, PLURAL, VERSION
 from disagg.controller import Controller
-from disagg.kube.client import KubeCluster, load_api_client
+from disagg.kube.cache import CachedCluster
+from disagg.kube.client import load_api_client
 from disagg.leader import LeaderElector
 from disagg.settings import OperatorSettings, load_settings
 
@@ -51,9 +52,17 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
-    cluster = KubeCluster(_state.get("api") or load_api_client(), field_manager=ours.field_manager)
+    cluster = CachedCluster(
+        _state.get("api") or load_api_client(),
+        field_manager=ours.field_manager,
+        namespaces=tuple(ours.namespaces),
+        label_prefix=prefix,
+    )
     leading = threading.Event() if ours.leader_election else None
     worker = Controller(cluster, ours, leading=leading)
+    # an edit of any child (every kind the operator renders) reconciles its model at once
+    cluster.set_child_handler(lambda namespace, name: worker.trigger((namespace, name)))
+    cluster.start()
     worker.start()
     if leading is not None:
         # a new leader re-reconciles everything once
@@ -72,6 +81,9 @@ def cleanup(**_: Any) -> None:
     worker = _state.pop("controller", None)
     if worker is not None:
         worker.stop()
+    cluster = _state.pop("cluster", None)
+    if cluster is not None:
+        cluster.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -82,11 +94,3 @@ def model_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         controller().forget(key)
         return
     controller().trigger(key, resource_version=meta.get("resourceVersion"))
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "disagg-operator"})
-def child_event(body: kopf.Body, **_: Any) -> None:
-    meta = body.get("metadata") or {}
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            controller().trigger((str(meta.get("namespace")), str(ref.get("name"))))

@@ -176,20 +176,16 @@ def _placement(
             claims.release((model.namespace, model.name))
         return None
     demands = pod_demands(spec, plan)
-    pods = cluster.list_pods()
-    inventory = node_inventory(
-        cluster.list_nodes(),
-        pods,
-        resource=spec.accelerator.resource_name,
-        exclude_labels=model_labels(model, settings),
-        exclude_namespace=model.namespace,
-    )
+    resource = spec.accelerator.resource_name
+    used = cluster.gpu_usage(resource, exclude_namespace=model.namespace, exclude_labels=model_labels(model, settings))
+    inventory = node_inventory(cluster.list_nodes(), used, resource=resource)
     ledger = claims or PlacementClaims()
     with ledger.placing((model.namespace, model.name)) as (others, record):
+        claimants = [pod for claim in others for pod in cluster.bound_pods(claim.namespace, claim.model_labels)]
         placement = place(
             spec.topology,
             pods=demands,
-            inventory=reserve(inventory, others, pods, resource=spec.accelerator.resource_name),
+            inventory=reserve(inventory, others, claimants, resource=resource),
             settings=settings,
             previous={p.level: p.domain for p in previous.placement},
         )
