@@ -58,6 +58,8 @@ class Controller:
         self._claims = PlacementClaims()
         self.stats: dict[str, int] = {"reconciles": 0, "writes": 0, "failures": 0}
         """Counters for benchmarks and logs (not exact under races: plain ints, no lock)."""
+        self.pass_cpu: dict[Key, list[float]] = {}
+        """Per model: [passes, CPU-seconds of the worker thread in them] (benchmarks read it)."""
         self._leading = leading
         """Set while this replica holds the leader Lease; None: no leader election, always act."""
         self._sleeping: dict[Key, tuple[str, str]] = {}
@@ -89,6 +91,7 @@ class Controller:
             self._backoff_until.pop(key, None)
             self._own_versions.pop(key, None)
             self._sleeping.pop(key, None)
+            self.pass_cpu.pop(key, None)
         self._claims.release(key)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -141,7 +144,8 @@ class Controller:
         while not self._stop.wait(1.0):
             tmp = f"{path}.tmp"
             with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(self.stats, handle)
+                passes = {f"{ns}/{name}": list(v) for (ns, name), v in list(self.pass_cpu.items())}
+                json.dump({**self.stats, "passes": passes}, handle)
             os.replace(tmp, path)
 
     def resync(self) -> None:
@@ -185,6 +189,15 @@ class Controller:
                         self._cond.notify()
 
     def _reconcile_key(self, key: Key) -> None:
+        started = time.thread_time()
+        try:
+            self._reconcile_once(key)
+        finally:
+            record = self.pass_cpu.setdefault(key, [0.0, 0.0])
+            record[0] += 1
+            record[1] += time.thread_time() - started
+
+    def _reconcile_once(self, key: Key) -> None:
         namespace, name = key
         with self._cond:
             self._edited.discard(key)  # this pass reads the model as it is now
