@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, ModeSwitch, semantic_errors
+from disagg.api.spec import DisaggregatedModelSpec, ModeSwitch, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
@@ -33,6 +33,7 @@ from disagg.render import (
     model_labels,
     render,
 )
+from disagg.render.autoscaling import backend_for
 from disagg.render.names import child_name
 from disagg.scaling import (
     Action,
@@ -511,7 +512,7 @@ def reconcile(
         raise
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
-    if zero.enabled and spec.autoscaling.engine == AutoscalingEngine.HPA:
+    if zero.enabled and backend_for(spec).sleeps_through_scale:
         for role, role_plan in engine_role_plans(plan):
             name = child_name(model.name, role)
             asleep = zero.at_zero or role in held

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from disagg.api.spec import GROUP, KIND, VERSION, AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.api.spec import GROUP, KIND, VERSION, DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
 from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
@@ -245,9 +245,7 @@ def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, An
 
 def _autoscaled(spec: DisaggregatedModelSpec, plan_role: RolePlan) -> bool:
     """The autoscaler owns replicas when one is rendered for the role (a range to move in, or scale-to-zero)."""
-    if spec.autoscaling.engine == AutoscalingEngine.NONE:
-        return False
-    return plan_role.autoscaled
+    return autoscaling.backend_for(spec).owns_replicas and plan_role.autoscaled
 
 
 def render(
@@ -305,31 +303,30 @@ def render(
     if settings.network_policy:
         objects.append(_network_policy(model, settings))
 
-    scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in roles]
-    for role, plan_role, role_spec in scalable:
-        if _autoscaled(spec, plan_role):
-            scaler = autoscaling.engine_scaler(
-                spec=spec,
-                settings=settings,
-                role=role,
-                plan_role=plan_role,
-                role_spec=role_spec,
-                meta=_meta(model, settings, child_name(model.name, role), role),
-                target_name=child_name(model.name, role),
-                namespace=model.namespace,
-            )
-            if (engines_at_zero or role in held_asleep) and scaler["kind"] == "ScaledObject":
-                scaler["metadata"].setdefault("annotations", {})[autoscaling.KEDA_PAUSED_REPLICAS] = "0"
-            objects.append(scaler)
-    if _autoscaled(spec, plan.router):
-        objects.append(
-            autoscaling.router_scaler(
-                spec=spec,
-                plan_role=plan.router,
-                meta=_meta(model, settings, child_name(model.name, ROLE_ROUTER), ROLE_ROUTER),
-                target_name=child_name(model.name, ROLE_ROUTER),
-            )
+    backend = autoscaling.backend_for(spec)
+
+    def scaler_input(role: str, plan_role: RolePlan, role_spec: EngineRoleSpec | None) -> autoscaling.ScalerInput:
+        return autoscaling.ScalerInput(
+            spec=spec,
+            settings=settings,
+            role=role,
+            plan_role=plan_role,
+            meta=_meta(model, settings, child_name(model.name, role), role),
+            target_name=child_name(model.name, role),
+            namespace=model.namespace,
+            role_spec=role_spec,
         )
+
+    for role, plan_role, role_spec in roles:
+        if not _autoscaled(spec, plan_role):
+            continue
+        scaler = backend.engine_scaler(scaler_input(role, plan_role, role_spec))
+        if scaler is not None:
+            objects.append(backend.asleep(scaler) if engines_at_zero or role in held_asleep else scaler)
+    if _autoscaled(spec, plan.router):
+        router_scaler = backend.router_scaler(scaler_input(ROLE_ROUTER, plan.router, None))
+        if router_scaler is not None:
+            objects.append(router_scaler)
     return objects
 
 
