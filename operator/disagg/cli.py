@@ -104,8 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
-        standalone=not args.peering,
-        peering_name=args.peering or None,
+        standalone=True,  # HA is the operator's own Lease (disagg.leader), not kopf peering
         liveness_endpoint=args.liveness or None,
     )
     return 0
@@ -119,7 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
     run.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeat)")
-    run.add_argument("--peering", default="", help="kopf peering name for HA (omit: standalone)")
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.set_defaults(func=cmd_run)
 

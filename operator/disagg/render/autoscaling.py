@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.api.spec import AutoscalingEngine, DecodeRoleSpec, DisaggregatedModelSpec, EngineRoleSpec, PrefillRoleSpec
 from disagg.api.types import duration_seconds
 from disagg.planner.plan import RolePlan
 from disagg.settings import OperatorSettings
@@ -116,15 +116,14 @@ class HpaBackend(AutoscalerBackend):
     )
 
     def engine_scaler(self, given: ScalerInput) -> dict[str, Any]:
-        assert given.role_spec is not None
-        decode = given.role == "decode"
         names = given.settings.metric_names
-        metric_name = names.decode_kv_cache if decode else names.prefill_queue
-        target = (
-            _kv_target(given.role_spec.autoscaling.target_kv_cache_percent)
-            if decode
-            else str(given.role_spec.autoscaling.target_waiting_per_pod)
-        )
+        role = given.role_spec
+        if isinstance(role, DecodeRoleSpec):
+            metric_name, target = names.decode_kv_cache, _kv_target(role.autoscaling.target_kv_cache_percent)
+        elif isinstance(role, PrefillRoleSpec):
+            metric_name, target = names.prefill_queue, str(role.autoscaling.target_waiting_per_pod)
+        else:
+            raise TypeError(f"no engine role spec for {given.role}")
         metric = {
             "type": "Pods",
             "pods": {"metric": {"name": metric_name}, "target": {"type": "AverageValue", "averageValue": target}},
@@ -148,22 +147,25 @@ class KedaBackend(AutoscalerBackend):
     rbac = ({"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": list(CHILD_VERBS)},)
 
     def engine_scaler(self, given: ScalerInput) -> dict[str, Any]:
-        assert given.role_spec is not None
-        decode = given.role == "decode"
         pods = f'namespace="{given.namespace}",pod=~"{given.target_name}-.*"'
+        role = given.role_spec
+        if isinstance(role, DecodeRoleSpec):
+            query = f"avg(vllm:kv_cache_usage_perc{{{pods}}})"
+            threshold, metric_type = str(role.autoscaling.target_kv_cache_percent / 100), "Value"
+        elif isinstance(role, PrefillRoleSpec):
+            query = f"sum(vllm:num_requests_waiting{{{pods}}})"
+            threshold, metric_type = str(role.autoscaling.target_waiting_per_pod), "AverageValue"
+        else:
+            raise TypeError(f"no engine role spec for {given.role}")
         return _scaled_object(
             spec=given.spec,
             settings=given.settings,
             meta=given.meta,
             target_name=given.target_name,
             plan_role=given.plan_role,
-            query=f"avg(vllm:kv_cache_usage_perc{{{pods}}})" if decode else f"sum(vllm:num_requests_waiting{{{pods}}})",
-            threshold=(
-                str(given.role_spec.autoscaling.target_kv_cache_percent / 100)
-                if decode
-                else str(given.role_spec.autoscaling.target_waiting_per_pod)
-            ),
-            metric_type="Value" if decode else "AverageValue",
+            query=query,
+            threshold=threshold,
+            metric_type=metric_type,
         )
 
     def router_scaler(self, given: ScalerInput) -> dict[str, Any]:
