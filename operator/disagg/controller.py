@@ -18,8 +18,8 @@ from typing import Any
 
 from disagg.kube import ConflictError, NotFoundError
 from disagg.kube.client import KubeCluster
+from disagg.prometheus import MetricsSources
 from disagg.reconcile import Outcome, PlacementClaims, reconcile
-from disagg.scaling.prometheus import MetricsSources
 from disagg.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
