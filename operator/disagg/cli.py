@@ -97,7 +97,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     if args.namespace:  # the flag narrows what the resync lists, not only what kopf watches
         settings = settings.model_copy(update={"namespaces": list(args.namespace)})
-    handlers.configure(settings, api)
     if not args.verbose:  # kopf logs every handler success at INFO; ours say what changed
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces: list[str] = list(args.namespace or settings.namespaces)
@@ -106,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         standalone=True,  # HA is the operator's own Lease (disagg.leader), not kopf peering
         liveness_endpoint=args.liveness or None,
+        memo=handlers.memo_for(settings, api),
     )
     return 0
 
