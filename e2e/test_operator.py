@@ -126,8 +126,15 @@ def test_sample_reaches_ready_with_all_children(
     assert "not-a-real-token" not in str(ready), "the hub token leaked into the resource"
     printed = kubectl.run("get", "dm", name, "-n", namespace).stdout
     header, row = printed.splitlines()[:2]
-    assert header.split() == ["NAME", "MODE", "RATIO", "READY", "PODS", "AGE"]
-    assert row.split()[:5] == [name, status["mode"], status["ratio"], "True", status["readyReplicas"]]
+    assert header.split() == ["NAME", "MODE", "RATIO", "READY", "PODS", "DESIRED", "AGE"]
+    assert row.split()[:6] == [
+        name,
+        status["mode"],
+        status["ratio"],
+        "True",
+        str(status["readyReplicas"]),
+        str(status["replicas"]),
+    ]
 
 
 def test_spec_change_rolls_children_and_ready_waits_for_new_pods(

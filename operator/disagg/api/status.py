@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from disagg.api.types import CamelModel
 
+
+
+def _list_map(key: str) -> dict[str, Any]:
+    """A list whose items are keyed by ``key`` (server-side apply merges them item by item)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
 class ConditionType(StrEnum):
     READY = "Ready"
@@ -121,14 +126,16 @@ class ReplanStatus(CamelModel):
 class DisaggregatedModelStatus(CamelModel):
     observed_generation: int | None = None
     """The spec generation the status describes."""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=_list_map("type"))
     mode: Annotated[str, Field(max_length=32)] | None = None
     """Resolved serving mode (disaggregated or aggregated)."""
     ratio: Annotated[str, Field(max_length=32)] | None = None
     """Prefill:decode replica ratio, e.g. 2P:1D."""
-    ready_replicas: Annotated[str, Field(max_length=32)] | None = None
-    """Ready/desired engine pods, e.g. 3/3 (printer column)."""
-    roles: list[RoleStatus] = Field(default_factory=list)
+    replicas: int | None = None
+    """Engine pods the model wants now (prefill + decode, or aggregated; 0 at zero)."""
+    ready_replicas: int | None = None
+    """Engine pods Ready now (printer column Pods, beside Desired)."""
+    roles: list[RoleStatus] = Field(default_factory=list, json_schema_extra=_list_map("name"))
     plan: PlanSummary | None = None
     placement: list[PlacementStatus] = Field(default_factory=list)
     replan: ReplanStatus | None = None
