@@ -16,7 +16,6 @@ from pydantic import Field
 from disagg.api.types import CamelModel
 
 
-
 def _list_map(key: str) -> dict[str, Any]:
     """A list whose items are keyed by ``key`` (server-side apply merges them item by item)."""
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
