@@ -24,15 +24,18 @@ from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
 from disagg.placement import Claim, Placement, PodDemand, node_inventory, place, reserve
-from disagg.planner.plan import ENGINE_ROLES, ROLE_DECODE, ROLE_PREFILL, Plan, engine_role_plans, engine_roles
+from disagg.planner.plan import (
+    ENGINE_ROLES,
+    ROLE_DECODE,
+    ROLE_PREFILL,
+    ROLE_ROUTER,
+    Plan,
+    engine_role_plans,
+    engine_roles,
+)
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
-from disagg.render import (
-    ROLE_ROUTER,
-    ModelRef,
-    model_labels,
-    render,
-)
+from disagg.render import ModelRef, model_labels, render
 from disagg.render.autoscaling import KEDA_PAUSED_REPLICAS, backend_for
 from disagg.render.names import child_name
 from disagg.scaling import (

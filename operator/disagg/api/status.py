@@ -20,6 +20,7 @@ def _list_map(key: str) -> dict[str, Any]:
     """A list whose items are keyed by ``key`` (server-side apply merges them item by item)."""
     return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
+
 class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
@@ -61,7 +62,9 @@ class RoleStatus(CamelModel):
     that has not observed it is rolling out; a later generation only scaled (an autoscaler)."""
 
 
-class RolePlan(CamelModel):
+class RolePlanSummary(CamelModel):
+    """Floor, tensor parallelism and autoscaler ceiling the plan gives one role."""
+
     replicas: int
     tensor_parallel: int
     max_replicas: int
@@ -71,8 +74,8 @@ class PlanSummary(CamelModel):
     source: Annotated[str, Field(max_length=32)]
     """Which planner produced this plan (placeholder until the analytical planner runs)."""
     mode: Annotated[str, Field(max_length=32)]
-    prefill: RolePlan | None = None
-    decode: RolePlan | None = None
+    prefill: RolePlanSummary | None = None
+    decode: RolePlanSummary | None = None
     disagg_threshold: int | None = None
     """Uncached prompt tokens below which the router skips prefill."""
     gpus: int = 0

@@ -16,7 +16,7 @@ import yaml
 
 from disagg.api.spec import GROUP, KIND, VERSION, DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
-from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, Plan, RolePlan, engine_roles
+from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, ROLE_ROUTER, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
 from disagg.render.engine import (
     DECODE_VLLM_PORT,
@@ -28,8 +28,6 @@ from disagg.render.engine import (
 )
 from disagg.render.names import child_name, label_value, merged_labels
 from disagg.settings import OperatorSettings
-
-ROLE_ROUTER = "router"
 
 
 @dataclass(frozen=True)
@@ -327,7 +325,18 @@ def render(
         router_scaler = backend.router_scaler(scaler_input(ROLE_ROUTER, plan.router, None))
         if router_scaler is not None:
             objects.append(router_scaler)
-    return objects
+    return [_plain(obj) for obj in objects]
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON types all the way down: roles are a StrEnum, and YAML writers want exact ``str``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)
+    return value
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
