@@ -8,8 +8,8 @@ One writer per field: a Deployment whose replicas an autoscaler owns is rendered
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -26,17 +26,9 @@ from disagg.render.engine import (
     engine_container,
     routing_sidecar,
 )
+from disagg.render.names import ModelRef as ModelRef  # re-exported: callers name it from here
 from disagg.render.names import child_name, label_value, merged_labels
 from disagg.settings import OperatorSettings
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Identity of the DisaggregatedModel being rendered (uid absent when rendering offline)."""
-
-    name: str
-    namespace: str
-    uid: str | None = None
 
 
 def model_labels(model: ModelRef, settings: OperatorSettings) -> dict[str, str]:
@@ -266,16 +258,18 @@ def render(
     roles = engine_roles(spec, plan)
 
     router_objects = router.render_router(
-        model=model,
-        spec=spec,
-        plan=plan,
-        settings=settings,
-        meta=lambda name, component: _meta(model, settings, name, component),
-        pod_labels=merged_labels(spec.router.scheduling.pod_labels, _common_labels(model, settings, ROLE_ROUTER)),
-        selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
-        scheduling=_pod_scheduling(None, None, model, settings, spec),
-        autoscaled=_autoscaled(spec, plan.router),
-        engine_selector=model_labels(model, settings),
+        model,
+        spec,
+        plan,
+        settings,
+        router.WorkloadShape(
+            metadata=functools.partial(_meta, model, settings),
+            pod_labels=merged_labels(spec.router.scheduling.pod_labels, _common_labels(model, settings, ROLE_ROUTER)),
+            selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
+            scheduling=_pod_scheduling(None, None, model, settings, spec),
+            autoscaled=_autoscaled(spec, plan.router),
+            engine_selector=model_labels(model, settings),
+        ),
     )
     objects += router_objects
     objects.append(_pdb(model, settings, ROLE_ROUTER))
