@@ -20,7 +20,9 @@ def cache(cluster: ClusterEnv, kubectl: Kubectl) -> Iterator[Any]:
 
     events: list[tuple[str, str]] = []
     cached = CachedCluster(
-        load_api_client(cluster.kubeconfig), field_manager="e2e-cache", on_child_event=lambda ns, n: events.append((ns, n))
+        load_api_client(cluster.kubeconfig),
+        field_manager="e2e-cache",
+        on_child_event=lambda ns, n: events.append((ns, n)),
     )
     assert cached.start(timeout=60), "the caches did not list within 60 s"
     cached.events = events  # type: ignore[attr-defined]
@@ -78,9 +80,10 @@ def test_a_bound_pod_is_counted_and_uncounted_as_it_comes_and_goes(
     (seen,) = cache.bound_pods(namespace, {"app": "holder"})
     assert seen["spec"]["nodeName"] == node
     # its own pods are left out of a model's view of the node, as placement needs
-    assert cache.gpu_usage("nvidia.com/gpu", exclude_namespace=namespace, exclude_labels={"app": "holder"}).get(
-        node, 0
-    ) == before
+    assert (
+        cache.gpu_usage("nvidia.com/gpu", exclude_namespace=namespace, exclude_labels={"app": "holder"}).get(node, 0)
+        == before
+    )
     kubectl.run("delete", "pod", "holder", "-n", namespace, "--grace-period=0", "--force", "--wait=true")
     wait_for("the pod's GPUs gone from the cache", lambda: used() == before, timeout=15, interval=0.05)
 
