@@ -28,6 +28,8 @@ EventHandler = Callable[[str, dict[str, Any]], None]
 WATCH_SECONDS = 290
 """Server-side watch timeout: the watch ends and is resumed from its last version."""
 MAX_BACKOFF = 30.0
+MISSING_RECHECK_SECONDS = 30.0
+"""How often an informer of a kind the API server does not serve asks discovery again."""
 
 
 class WatchGoneError(Exception):
@@ -42,6 +44,8 @@ class ListWatchApi(Protocol):
     def watch_raw(
         self, kind: Kind, namespace: str | None, query: Mapping[str, str], stop: threading.Event
     ) -> Iterator[dict[str, Any]]: ...
+
+    def served(self, api_version: str) -> bool: ...
 
 
 def key_of(obj: Mapping[str, Any]) -> Key:
@@ -184,13 +188,15 @@ class Informer:
             except (ApiError, NotFoundError) as exc:
                 self.stats.errors += 1
                 failures += 1
-                # not served: look again later (a CRD may be installed)
+                # not served: ask discovery (a GET) now and then, LIST again once a CRD appears
                 if isinstance(exc, NotFoundError) or exc.status == 404:
                     self._missing = True
                     self._synced.set()
                     self._replace([])
                     self._version = ""
-                    self._stop.wait(60)
+                    while not self._stop.wait(MISSING_RECHECK_SECONDS):
+                        if self._served():
+                            break
                     continue
                 delay = min(2.0**failures, MAX_BACKOFF)
                 log.warning("%s informer: %s; retrying in %.0fs", self.kind.plural, exc, delay)
@@ -202,6 +208,12 @@ class Informer:
                 log.warning("%s informer: %s: %s; retrying in %.0fs", self.kind.plural, type(exc).__name__, exc, delay)
                 self._version = ""
                 self._stop.wait(delay)
+
+    def _served(self) -> bool:
+        try:
+            return self.api.served(self.kind.api_version)
+        except Exception:  # unknown: keep waiting
+            return False
 
     def _relist(self) -> None:
         result = self.api.list_raw(self.kind, self.namespace, self._query())
