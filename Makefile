@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CRD_FILE := crds/disagg.dev_disaggregatedmodels.yaml
 
-.PHONY: help venv lint types unit e2e test crd generate demo bench clean
+.PHONY: help venv lint types unit e2e test crd generate demo bench bench-planner bench-convergence bench-serving bench-cluster-size clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ bench-convergence: $(STAMP) ## time to Ready, writes and operator cost for 50/20
 bench-serving: $(STAMP) e2e-tools ## router + sidecar latency over a direct engine, and wake-from-zero to first token (own cluster, ~8 min, root)
 	$(BIN)/python bench/serving.py
 
-bench: bench-planner bench-serving bench-convergence ## every benchmark
+bench-cluster-size: $(STAMP) e2e-tools ## per-pass operator cost at the fixture cluster and at 500 nodes / 5,000 pods (own cluster)
+	$(BIN)/python bench/cluster_size.py
+
+bench: bench-planner bench-serving bench-convergence bench-cluster-size ## every benchmark
 
 -include charts/charts.mk

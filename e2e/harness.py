@@ -324,9 +324,19 @@ def operator_writes(
     path: str | None, since: float, user_agents: tuple[str, ...] = ("disagg-operator", "kopf")
 ) -> list[str]:
     """Write requests the operator (our client or kopf's) made after ``since`` (epoch seconds)."""
+    return operator_requests(path, since, WRITE_VERBS, user_agents)
+
+
+def operator_requests(
+    path: str | None,
+    since: float,
+    verbs: set[str] | frozenset[str],
+    user_agents: tuple[str, ...] = ("disagg-operator", "kopf"),
+) -> list[str]:
+    """``verb requestURI`` of the operator's requests with one of ``verbs`` after ``since``."""
     found = []
     for event in audit_events(path):
-        if event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITE_VERBS:
+        if event.get("stage") != "ResponseComplete" or event.get("verb") not in verbs:
             continue
         if not str(event.get("userAgent", "")).startswith(user_agents):
             continue

@@ -340,6 +340,49 @@ def test_helm_template_passes_server_side_dry_run(kubectl: Kubectl, helm: Helm, 
         assert ("Role", f"{release}-disagg-operator") in roles, "the watched namespace's Role"
 
 
+def rendered_chart(helm: Helm, *values: str) -> list[dict[str, Any]]:
+    """``helm template`` of the chart with ``--set`` values, as objects."""
+    args = ["template", "disagg-operator", str(ROOT / "charts" / "disagg-operator"), "-n", "disagg-system"]
+    for value in values:
+        args += ["--set", value]
+    return [d for d in yaml.safe_load_all(helm.run(*args).stdout) if d]
+
+
+def operator_env(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in container.get("env") or []}
+
+
+def test_leader_election_is_on_only_for_several_replicas_and_the_lease_namespace_always(helm: Helm) -> None:
+    for replicas in (1, 2):
+        env = operator_env(rendered_chart(helm, f"replicas={replicas}"))
+        assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, replicas
+        assert ("DISAGG_LEADER_ELECTION" in env) is (replicas > 1), (replicas, sorted(env))
+        if replicas > 1:
+            assert env["DISAGG_LEADER_ELECTION"]["value"] == "1"
+
+
+def _granted(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaces"])
+def test_chart_rbac_grants_what_the_caches_and_every_autoscaler_backend_need(helm: Helm, scope: str) -> None:
+    from disagg.kube import CHILD_KINDS, NODE_KIND, POD_KIND
+    from disagg.render.autoscaling import BACKENDS
+
+    values = ["watchNamespaces={team-a}"] if scope == "namespaces" else []
+    objects = rendered_chart(helm, *values)
+    roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
+    granted = set().union(*(_granted(r.get("rules") or []) for r in roles))
+    needed = {(kind.group, kind.plural, verb) for kind in CHILD_KINDS for verb in ("list", "watch", "patch", "delete")}
+    needed |= {("", NODE_KIND.plural, "watch"), ("", POD_KIND.plural, "watch"), ("", POD_KIND.plural, "list")}
+    for backend in BACKENDS.values():
+        needed |= _granted(list(backend.rbac))
+    assert needed <= granted, sorted(needed - granted)
+
+
 def test_install_yaml_is_the_rendered_chart(helm: Helm) -> None:
     rendered = subprocess.run(
         ["bash", str(ROOT / "charts" / "render-install.sh"), "-"],

@@ -6,12 +6,24 @@ import copy
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e.harness import CHILD_KINDS, MANAGED, ROOT, Kubectl, OperatorProcess, assert_clean, operator_writes, wait_for
+from e2e.harness import (
+    CHILD_KINDS,
+    MANAGED,
+    ROOT,
+    ClusterEnv,
+    Kubectl,
+    OperatorProcess,
+    assert_clean,
+    operator_requests,
+    operator_writes,
+    wait_for,
+)
 
 SAMPLES = ROOT / "manifests" / "samples"
 RACK = "topology.disagg.dev/rack"
@@ -114,8 +126,15 @@ def test_sample_reaches_ready_with_all_children(
     assert "not-a-real-token" not in str(ready), "the hub token leaked into the resource"
     printed = kubectl.run("get", "dm", name, "-n", namespace).stdout
     header, row = printed.splitlines()[:2]
-    assert header.split() == ["NAME", "MODE", "RATIO", "READY", "PODS", "AGE"]
-    assert row.split()[:5] == [name, status["mode"], status["ratio"], "True", status["readyReplicas"]]
+    assert header.split() == ["NAME", "MODE", "RATIO", "READY", "PODS", "DESIRED", "AGE"]
+    assert row.split()[:6] == [
+        name,
+        status["mode"],
+        status["ratio"],
+        "True",
+        str(status["readyReplicas"]),
+        str(status["replicas"]),
+    ]
 
 
 def test_spec_change_rolls_children_and_ready_waits_for_new_pods(
@@ -342,7 +361,52 @@ def test_noop_resync_issues_zero_writes(kubectl: Kubectl, operator: OperatorProc
     time.sleep(10)  # >= 3 resync periods of 3 s
     writes = [w for w in operator_writes(operator.env.audit_log, since) if f"/namespaces/{namespace}/" in w]
     assert writes == []
+    # the passes read the operator's caches: the only LIST a resync makes is of the models
+    lists = operator_requests(operator.env.audit_log, since, {"list"})
+    assert lists, "the resyncs listed nothing: is the audit policy logging LISTs?"
+    assert all("/disaggregatedmodels" in request for request in lists), [
+        r for r in lists if "/disaggregatedmodels" not in r
+    ]
     creation = operator_writes(operator.env.audit_log, 0)
     assert any(f"/namespaces/{namespace}/deployments/llama-70b-prefill" in w for w in creation), (
         "audit log sees no writes at all"
     )
+
+
+def test_edit_or_delete_of_any_child_is_reverted_by_the_watch(
+    cluster: ClusterEnv, kubectl: Kubectl, private_namespace: str, tmp_path: Path
+) -> None:
+    """An operator whose resync is 10 minutes away: only its watches can see these edits."""
+    ns = private_namespace
+    op = OperatorProcess.for_namespace(cluster, ns, tmp_path / "operator.log", {"DISAGG_RESYNC_SECONDS": "600"})
+    op.start()
+    try:
+        kubectl.apply(sample("llama-3.3-70b-disaggregated.yaml"), ns)
+        wait_ready(kubectl, ns, "llama-70b", timeout=180)
+        children = kubectl.items(CHILD_KINDS, ns, MANAGED)
+        kinds = sorted({c["kind"] for c in children})
+        assert len(kinds) >= 6, kinds
+        for kind in kinds:
+            child = next(c for c in children if c["kind"] == kind)
+            ref = f"{resource_name(child)}/{child['metadata']['name']}"
+            kubectl.run("label", "--overwrite", ref, "app.kubernetes.io/part-of=hand-edited", "-n", ns)
+            started = time.monotonic()
+
+            def restored(ref: str = ref) -> bool:
+                live = kubectl.run(
+                    "get", ref, "-n", ns, "-o", "jsonpath={.metadata.labels.app\\.kubernetes\\.io/part-of}"
+                )
+                return live.stdout.strip() == "disagg"
+
+            wait_for(f"{ref}'s hand-edited label to be reverted", restored, timeout=15, interval=0.2)
+            print(f"{kind}: reverted {time.monotonic() - started:.1f}s after the edit")
+        service = next(c for c in children if c["kind"] == "Service")
+        kubectl.run("delete", "service", service["metadata"]["name"], "-n", ns, "--wait=true")
+        wait_for(
+            "the deleted Service to be recreated",
+            lambda: kubectl.get("service", service["metadata"]["name"], ns) or None,
+            timeout=15,
+            interval=0.2,
+        )
+    finally:
+        op.stop()

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from disagg.kube import identity
+from disagg.placement import gpu_usage, holds_resources, is_own
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
@@ -109,8 +110,13 @@ class MemoryCluster:
     def list_nodes(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.nodes)
 
-    def list_pods(self) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.pods)
+    def gpu_usage(self, resource: str, *, exclude_namespace: str, exclude_labels: Mapping[str, str]) -> dict[str, int]:
+        return gpu_usage(
+            self.pods, resource=resource, exclude_namespace=exclude_namespace, exclude_labels=exclude_labels
+        )
+
+    def bound_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for p in self.pods if holds_resources(p) and is_own(p, namespace, selector)]
 
     def served(self, api_version: str) -> bool:
         return api_version not in self.missing_apis

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from disagg.controller import Controller
@@ -26,53 +25,67 @@ class FailingCluster:
         return []
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def controller_on(cluster: Any, clock: FakeClock, leading: threading.Event | None = None) -> Controller:
+    """A controller whose workers are never started: the test runs its queue with run_due()."""
+    return Controller(cluster, OperatorSettings(resync_seconds=3600), leading=leading, clock=clock)
+
+
 def test_failures_back_off_instead_of_spinning() -> None:
-    cluster = FailingCluster()
-    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), workers=2)  # type: ignore[arg-type]
-    controller.start()
-    try:
-        controller.trigger(("ns", "m"))
-        time.sleep(2.5)  # backoff 2 s after the first failure, then 4 s
-    finally:
-        controller.stop()
-    assert 1 <= cluster.calls <= 3, f"{cluster.calls} attempts in 2.5 s: the retry loop spins"
+    cluster, clock = FailingCluster(), FakeClock()
+    controller = controller_on(cluster, clock)
+    controller.trigger(("ns", "m"))
+    assert controller.run_due() == 1  # fails: retry in 2 s
+    clock.now += 1.9
+    assert controller.run_due() == 0
+    clock.now += 0.2
+    assert controller.run_due() == 1  # fails again: retry in 4 s
+    clock.now += 3.9
+    assert controller.run_due() == 0
+    clock.now += 0.2
+    assert controller.run_due() == 1
+    assert cluster.calls == 3
 
 
 def test_standby_does_not_act() -> None:
-    cluster = FailingCluster()
-    leading = threading.Event()
-    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), leading=leading)  # type: ignore[arg-type]
-    controller.start()
-    try:
-        controller.trigger(("ns", "m"))
-        time.sleep(1.0)
-        assert cluster.calls == 0
-        leading.set()
-        deadline = time.monotonic() + 5
-        while cluster.calls == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        controller.stop()
-    assert cluster.calls >= 1
+    cluster, clock, leading = FailingCluster(), FakeClock(), threading.Event()
+    controller = controller_on(cluster, clock, leading)
+    controller.trigger(("ns", "m"))
+    assert controller.run_due() == 0
+    assert cluster.calls == 0
+    leading.set()
+    assert controller.run_due() == 1
+    assert cluster.calls == 1
 
 
 def test_child_events_do_not_cut_the_backoff_short() -> None:
     """A failing model's own Deployments keep changing; their events must not retry it at once."""
-    cluster = FailingCluster()
-    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), workers=2)  # type: ignore[arg-type]
-    controller.start()
-    try:
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline:  # bounded: 50 child events in 2.5 s
-            controller.trigger(("ns", "m"))
-            time.sleep(0.05)
-        attempts_before_edit = cluster.calls
-        controller.trigger(("ns", "m"), resource_version="42")  # the user edits the model: retried at once
-        time.sleep(0.5)
-    finally:
-        controller.stop()
-    assert 1 <= attempts_before_edit <= 2, f"{attempts_before_edit} attempts in 2.5 s with a 2 s then 4 s backoff"
-    assert cluster.calls == attempts_before_edit + 1
+    cluster, clock = FailingCluster(), FakeClock()
+    controller = controller_on(cluster, clock)
+    controller.trigger(("ns", "m"))
+    assert controller.run_due() == 1  # fails: backoff 2 s
+    for _ in range(30):  # child events every 50 ms for 1.5 s
+        clock.now += 0.05
+        controller.trigger(("ns", "m"))
+        assert controller.run_due() == 0
+    controller.trigger(("ns", "m"), resource_version="42")  # the user edits the model: retried at once
+    assert controller.run_due() == 1
+    assert cluster.calls == 2
+
+
+def test_a_burst_of_events_is_one_pass() -> None:
+    cluster, clock = FailingCluster(), FakeClock()
+    controller = controller_on(cluster, clock)
+    for _ in range(50):
+        controller.trigger(("ns", "m"))
+    assert controller.run_due() == 1
 
 
 class VanishingCluster:
@@ -98,16 +111,10 @@ def test_a_model_deleted_during_its_pass_is_not_a_failure(monkeypatch: Any, capl
 
     monkeypatch.setattr(module, "reconcile", deleted_meanwhile)
     cluster = VanishingCluster()
-    controller = Controller(cluster, OperatorSettings(resync_seconds=3600), workers=1)  # type: ignore[arg-type]
-    controller.start()
-    try:
-        controller.trigger(("ns", "m"))
-        deadline = time.monotonic() + 5
-        while cluster.reads < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-    finally:
-        controller.stop()
+    controller = controller_on(cluster, FakeClock())
+    controller.trigger(("ns", "m"))
+    assert controller.run_due() == 1
+    assert controller.run_due() == 0, "nothing is retried"
     assert cluster.reads == 2, "read once to reconcile, once to see it is gone; never retried"
     assert controller.stats["failures"] == 0
     assert "reconcile failed" not in caplog.text

@@ -45,7 +45,7 @@ def test_crd_metadata_and_columns() -> None:
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = version["additionalPrinterColumns"]
-    assert [c["name"] for c in columns if not c.get("priority")] == ["Mode", "Ratio", "Ready", "Pods", "Age"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Mode", "Ratio", "Ready", "Pods", "Desired", "Age"]
     wide = [c["name"] for c in columns if c.get("priority") == 1]  # kubectl get dm -o wide
     assert wide == ["GPUs", "TTFT-ms", "ITL-ms", "Domain", "Reason"]
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from disagg.api.spec import TopologySpec
-from disagg.placement import NodeInfo, PodDemand, Taint, affinity, choose_domain, node_inventory, place, tolerates
+from disagg.placement import (
+    NodeInfo,
+    PodDemand,
+    Taint,
+    affinity,
+    choose_domain,
+    gpu_usage,
+    node_inventory,
+    place,
+    pod_requests,
+    tolerates,
+)
 from disagg.settings import OperatorSettings
 
 RACK = "topology.disagg.dev/rack"
@@ -113,12 +124,11 @@ def test_inventory_counts_others_and_ignores_own_and_finished_pods() -> None:
         _pod("n1", 8, {"app": "done"}, phase="Succeeded"),
         _pod("", 8, {"app": "pending"}),
     ]
+    used = gpu_usage(pods, resource="nvidia.com/gpu", exclude_labels=own, exclude_namespace="default")
     inventory = node_inventory(
         [_node("n1", "r"), _node("n2", "r", ready=False), {"metadata": {"name": "cpu"}, "status": {}}],
-        pods,
+        used,
         resource="nvidia.com/gpu",
-        exclude_labels=own,
-        exclude_namespace="default",
     )
     by_name = {n.name: n for n in inventory}
     assert set(by_name) == {"n1", "n2"}
@@ -232,5 +242,23 @@ def test_inventory_keeps_only_hard_taints() -> None:
             {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"},
         ]
     }
-    (info,) = node_inventory([node], [], resource="nvidia.com/gpu", exclude_labels={}, exclude_namespace="x")
+    (info,) = node_inventory([node], {}, resource="nvidia.com/gpu")
     assert info.taints == (GPU_TAINT, Taint(key="node.kubernetes.io/not-ready", value="", effect="NoExecute"))
+
+
+def test_pod_requests_counts_every_extended_resource_as_the_scheduler_does() -> None:
+    pod = {
+        "spec": {
+            "containers": [
+                {"resources": {"requests": {"nvidia.com/gpu": "2", "cpu": "4"}}},
+                {"resources": {"requests": {"nvidia.com/gpu": "1", "rdma/ib": "1"}}},
+            ],
+            # a native sidecar adds to the containers; a plain init container counts only at its peak
+            "initContainers": [
+                {"restartPolicy": "Always", "resources": {"requests": {"rdma/ib": "1"}}},
+                {"resources": {"requests": {"nvidia.com/gpu": "8"}}},
+            ],
+        }
+    }
+    assert pod_requests(pod) == {"nvidia.com/gpu": 8, "rdma/ib": 2}
+    assert pod_requests({"spec": {"containers": [{}]}}) == {}

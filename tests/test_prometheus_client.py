@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from disagg.scaling.prometheus import PrometheusMetrics
+from disagg.prometheus import PrometheusMetrics
 
 
 @pytest.fixture

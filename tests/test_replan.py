@@ -169,3 +169,33 @@ def test_reconcile_replans_once_per_interval(interval_passed: bool) -> None:
         o for (_, k, _, n), o in cluster.objects.items() if k == "HorizontalPodAutoscaler" and n == "llama-70b-prefill"
     )
     assert hpa["spec"]["minReplicas"] == cluster.models[("default", "llama-70b")]["status"]["replan"]["prefillFloor"]
+
+
+def test_lost_status_keeps_the_floors_the_autoscalers_run_with() -> None:
+    """status.replan wiped (a restore, a hand edit): the floors are read back from the HPAs, so
+    low traffic still brings them down one replica per interval, not at once."""
+    cluster = MemoryCluster()
+    body = load(LLAMA)
+    body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "4m"}}
+    body["spec"]["prefill"]["replicas"] = {"min": 1, "max": 12}
+    body["spec"]["autoscaling"] = {"engine": "hpa", "prometheus": {"url": "http://127.0.0.1:9"}}
+    cluster.add_model(body)
+    metrics = ReplanMetrics(ObservedWorkload(request_rate=40.0, input_tokens=4096, output_tokens=300))
+
+    def run(when: str) -> dict[str, Any]:
+        reconcile(
+            cluster.get_model("default", "llama-70b") or {},
+            cluster,
+            OperatorSettings(),
+            now=lambda: when,
+            metrics=lambda url: metrics,
+        )
+        return dict(cluster.models[("default", "llama-70b")]["status"])
+
+    high = run("2026-11-28T01:00:00Z")["replan"]["prefillFloor"]
+    assert high >= 4, high
+    cluster.models[("default", "llama-70b")]["status"] = {}
+    metrics.observed = ObservedWorkload(request_rate=0.5, input_tokens=4096, output_tokens=300)
+    status = run("2026-11-28T01:01:00Z")
+    assert status["replan"]["prefillFloor"] == high - 1, status["replan"]
+    assert f"prefill floor {high} -> {high - 1}" in status["replan"]["decision"]

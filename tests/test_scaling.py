@@ -253,3 +253,21 @@ def test_a_held_fixed_size_role_renders_at_zero_and_a_held_keda_role_paused() ->
     scalers = by_kind(render_with(body, held_asleep=frozenset({"prefill"})), "ScaledObject")
     assert scalers["llama-70b-prefill"]["metadata"]["annotations"][KEDA_PAUSED_REPLICAS] == "0"
     assert KEDA_PAUSED_REPLICAS not in (scalers["llama-70b-decode"]["metadata"].get("annotations") or {})
+
+
+def test_a_lost_status_does_not_wake_a_sleeping_model() -> None:
+    """Where the model is comes from its Deployments (all at 0), not only from its own status."""
+    cluster, metrics = MemoryCluster(), FakeMetrics()
+    cluster.add_model(zero_model())
+    run(cluster, metrics, "2026-11-28T00:01:00Z")
+    cluster.roll_out()
+    run(cluster, metrics, "2026-11-28T00:20:00Z")
+    assert replicas(cluster, "llama-70b-prefill") == 0
+    cluster.models[("default", "llama-70b")]["status"] = {}
+    cluster.writes.clear()
+    outcome = run(cluster, metrics, "2026-11-28T00:20:30Z")  # still idle
+    assert outcome.scaled == []
+    assert conditions(cluster)["ScaledToZero"]["status"] == "True"
+    assert replicas(cluster, "llama-70b-prefill") == 0
+    metrics.answer = Signals(demand=1.0, demand_window=None, busy_window=None)
+    assert run(cluster, metrics, "2026-11-28T00:21:00Z").scaled == ["Deployment/llama-70b-decode"]

@@ -97,16 +97,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     if args.namespace:  # the flag narrows what the resync lists, not only what kopf watches
         settings = settings.model_copy(update={"namespaces": list(args.namespace)})
-    handlers.configure(settings, api)
     if not args.verbose:  # kopf logs every handler success at INFO; ours say what changed
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     namespaces: list[str] = list(args.namespace or settings.namespaces)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
-        standalone=not args.peering,
-        peering_name=args.peering or None,
+        standalone=True,  # HA is the operator's own Lease (disagg.leader), not kopf peering
         liveness_endpoint=args.liveness or None,
+        memo=handlers.memo_for(settings, api),
     )
     return 0
 
@@ -119,7 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
     run.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeat)")
-    run.add_argument("--peering", default="", help="kopf peering name for HA (omit: standalone)")
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     run.set_defaults(func=cmd_run)
 

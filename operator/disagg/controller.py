@@ -18,8 +18,8 @@ from typing import Any
 
 from disagg.kube import ConflictError, NotFoundError
 from disagg.kube.client import KubeCluster
+from disagg.prometheus import MetricsSources
 from disagg.reconcile import Outcome, PlacementClaims, reconcile
-from disagg.scaling.prometheus import MetricsSources
 from disagg.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,10 @@ class Controller:
         workers: int = 4,
         on_outcome: Callable[[Key, Outcome], None] | None = None,
         leading: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
+        """Due times and backoffs are read from it (tests drive :meth:`run_due` on a fake clock)."""
         self._cluster = cluster
         self._settings = settings
         self._workers = workers
@@ -57,7 +60,9 @@ class Controller:
         self._metrics = MetricsSources()
         self._claims = PlacementClaims()
         self.stats: dict[str, int] = {"reconciles": 0, "writes": 0, "failures": 0}
-        """Counters for benchmarks and logs (not exact under races: plain ints, no lock)."""
+        """Counters for benchmarks and logs (changed under ``_cond``, like every shared field)."""
+        self.pass_cpu: dict[Key, list[float]] = {}
+        """Per model: [passes, CPU-seconds of the worker thread in them] (benchmarks read it)."""
         self._leading = leading
         """Set while this replica holds the leader Lease; None: no leader election, always act."""
         self._sleeping: dict[Key, tuple[str, str]] = {}
@@ -66,12 +71,12 @@ class Controller:
     # -- producers -------------------------------------------------------------------------
     def trigger(self, key: Key, *, delay: float = 0.0, resource_version: str | None = None) -> None:
         """Ask for a reconcile of ``key``; an event caused by our own status write is ignored."""
-        if resource_version is not None and self._own_versions.get(key) == resource_version:
-            return
         if not self._settings.manages(key[0]):
             return
         with self._cond:
-            due = time.monotonic() + delay
+            if resource_version is not None and self._own_versions.get(key) == resource_version:
+                return
+            due = self._clock() + delay
             if resource_version is None:  # not an edit of the model: a failing model waits its backoff
                 due = max(due, self._backoff_until.get(key, 0.0))
             elif key in self._busy:
@@ -89,6 +94,7 @@ class Controller:
             self._backoff_until.pop(key, None)
             self._own_versions.pop(key, None)
             self._sleeping.pop(key, None)
+            self.pass_cpu.pop(key, None)
         self._claims.release(key)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -131,7 +137,9 @@ class Controller:
 
     def poll_sleepers(self) -> None:
         """Trigger a reconcile for every sleeping model whose router shows demand."""
-        for key, (url, query) in list(self._sleeping.items()):
+        with self._cond:
+            sleeping = list(self._sleeping.items())
+        for key, (url, query) in sleeping:
             value, _ = self._metrics.get(url).scalar(query)  # never raises: failures read as no data
             if value is not None and value > 0:
                 log.info("%s/%s: router demand %g, waking", key[0], key[1], value)
@@ -141,7 +149,9 @@ class Controller:
         while not self._stop.wait(1.0):
             tmp = f"{path}.tmp"
             with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(self.stats, handle)
+                with self._cond:
+                    snapshot = {**self.stats, "passes": {f"{ns}/{n}": list(v) for (ns, n), v in self.pass_cpu.items()}}
+                json.dump(snapshot, handle)
             os.replace(tmp, path)
 
     def resync(self) -> None:
@@ -161,30 +171,64 @@ class Controller:
                 if not self.acting():  # a standby keeps its queue but touches nothing
                     self._cond.wait(timeout=0.5)
                     continue
-                now = time.monotonic()
-                ready = [k for k, due in self._due.items() if due <= now and k not in self._busy]
-                if ready:
-                    key = min(ready, key=lambda k: self._due[k])
-                    del self._due[key]
-                    self._busy.add(key)
+                now = self._clock()
+                key = self._take_due(now)
+                if key is not None:
                     return key
                 wait = min((due - now for due in self._due.values()), default=1.0)
                 self._cond.wait(timeout=max(min(wait, 1.0), 0.01))
         return None
 
+    def _take_due(self, now: float) -> Key | None:
+        """The key due longest ago that no worker holds, marked busy (call under ``_cond``)."""
+        ready = [k for k, due in self._due.items() if due <= now and k not in self._busy]
+        if not ready:
+            return None
+        key = min(ready, key=lambda k: self._due[k])
+        del self._due[key]
+        self._busy.add(key)
+        return key
+
     def _work(self) -> None:
         while (key := self._next()) is not None:
-            try:
-                self._reconcile_key(key)
-            finally:
-                with self._cond:
-                    self._busy.discard(key)
-                    again = self._again.pop(key, None)
-                    if again is not None:
-                        self._due[key] = min(self._due.get(key, again), again)
-                        self._cond.notify()
+            self._run(key)
+
+    def _run(self, key: Key) -> None:
+        try:
+            self._reconcile_key(key)
+        finally:
+            with self._cond:
+                self._busy.discard(key)
+                again = self._again.pop(key, None)
+                if again is not None:
+                    self._due[key] = min(self._due.get(key, again), again)
+                    self._cond.notify()
+
+    def run_due(self) -> int:
+        """Reconcile, on the calling thread, every key due at the clock's now; how many ran.
+        (What the workers do, without threads: for tests on a fake clock.)"""
+        ran = 0
+        while self.acting():
+            with self._cond:
+                key = self._take_due(self._clock())
+            if key is None:
+                break
+            self._run(key)
+            ran += 1
+        return ran
 
     def _reconcile_key(self, key: Key) -> None:
+        started = time.thread_time()
+        try:
+            self._reconcile_once(key)
+        finally:
+            spent = time.thread_time() - started
+            with self._cond:
+                record = self.pass_cpu.setdefault(key, [0.0, 0.0])
+                record[0] += 1
+                record[1] += spent
+
+    def _reconcile_once(self, key: Key) -> None:
         namespace, name = key
         with self._cond:
             self._edited.discard(key)  # this pass reads the model as it is now
@@ -210,15 +254,16 @@ class Controller:
         except Exception as exc:
             self._failed(key, exc)
             return
-        self._failures.pop(key, None)
-        self._backoff_until.pop(key, None)
-        self.stats["reconciles"] += 1
-        self.stats["writes"] += outcome.writes
         zero = outcome.zero
-        if zero is not None and zero.at_zero and zero.url and zero.queries:
-            self._sleeping[key] = (zero.url, zero.queries.demand)
-        else:
-            self._sleeping.pop(key, None)
+        with self._cond:
+            self._failures.pop(key, None)
+            self._backoff_until.pop(key, None)
+            self.stats["reconciles"] += 1
+            self.stats["writes"] += outcome.writes
+            if zero is not None and zero.at_zero and zero.url and zero.queries:
+                self._sleeping[key] = (zero.url, zero.queries.demand)
+            else:
+                self._sleeping.pop(key, None)
         if self._on_outcome is not None:
             self._on_outcome(key, outcome)
 
@@ -231,12 +276,12 @@ class Controller:
 
     def _failed(self, key: Key, exc: Exception) -> None:
         namespace, name = key
-        self.stats["failures"] += 1
-        failures = self._failures.get(key, 0) + 1
-        self._failures[key] = failures
-        delay = min(2.0**failures, MAX_BACKOFF)
-        until = time.monotonic() + delay
         with self._cond:
+            self.stats["failures"] += 1
+            failures = self._failures.get(key, 0) + 1
+            self._failures[key] = failures
+            delay = min(2.0**failures, MAX_BACKOFF)
+            until = self._clock() + delay
             self._backoff_until[key] = until
             # the key is busy: child events that came during this pass asked for "now"; the backoff
             # wins over them, not over an edit of the model itself
@@ -261,7 +306,8 @@ class Controller:
                 result = controller._cluster.patch_model_status(namespace, name, status, resource_version)
                 version = (result.get("metadata") or {}).get("resourceVersion")
                 if version:
-                    controller._own_versions[key] = version
+                    with controller._cond:
+                        controller._own_versions[key] = version
                 return result
 
         return _Recording()

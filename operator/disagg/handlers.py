@@ -3,6 +3,8 @@
 kopf gives us watching (with reconnects and timeouts), logging and a liveness endpoint. No handler
 here makes kopf persist anything on our objects (no finalizers, no last-handled annotations, no
 progress in status), so a quiet model costs no writes; retries live in :mod:`disagg.controller`.
+What the handlers share (settings, the cached cluster, the controller) lives in kopf's memo, which
+the CLI creates with the validated settings and API client (:func:`memo_for`).
 """
 
 from __future__ import annotations
@@ -13,32 +15,24 @@ from typing import Any
 
 import kopf
 
-from disagg.api.spec import GROUP, KIND, PLURAL, VERSION
+from disagg.api.spec import GROUP, PLURAL, VERSION
 from disagg.controller import Controller
-from disagg.kube.client import KubeCluster, load_api_client
+from disagg.kube.cache import CachedCluster
+from disagg.kube.client import load_api_client
 from disagg.leader import LeaderElector
 from disagg.settings import OperatorSettings, load_settings
 
 log = logging.getLogger(__name__)
-_state: dict[str, Any] = {}
 
 
-def controller() -> Controller:
-    return _state["controller"]  # type: ignore[no-any-return]
-
-
-def operator_settings() -> OperatorSettings:
-    return _state["settings"]  # type: ignore[no-any-return]
-
-
-def configure(settings: OperatorSettings, api: Any) -> None:
-    """Hand the CLI's validated settings and API client to the handlers (before kopf starts)."""
-    _state.update(settings=settings, api=api)
+def memo_for(settings: OperatorSettings, api: Any) -> kopf.Memo:
+    """The memo ``kopf.run`` hands to every handler: the CLI's settings and API client."""
+    return kopf.Memo(settings=settings, api=api)
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    ours: OperatorSettings = _state.get("settings") or load_settings()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours: OperatorSettings = memo.get("settings") or load_settings()
     prefix = ours.prefix
     settings.persistence.finalizer = f"{prefix}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
@@ -51,42 +45,41 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
-    cluster = KubeCluster(_state.get("api") or load_api_client(), field_manager=ours.field_manager)
+    cluster = CachedCluster(
+        memo.get("api") or load_api_client(),
+        field_manager=ours.field_manager,
+        namespaces=tuple(ours.namespaces),
+        label_prefix=prefix,
+    )
     leading = threading.Event() if ours.leader_election else None
     worker = Controller(cluster, ours, leading=leading)
+    # an edit of any child (every kind the operator renders) reconciles its model at once
+    cluster.set_child_handler(lambda namespace, name: worker.trigger((namespace, name)))
+    cluster.start()
     worker.start()
     if leading is not None:
         # a new leader re-reconciles everything once
         elector = LeaderElector(cluster, namespace=ours.leader_namespace, leading=leading, on_start=worker.resync)
         elector.start()
-        _state["elector"] = elector
-    _state.update(settings=ours, cluster=cluster, controller=worker)
+        memo["elector"] = elector
+    memo.update(settings=ours, cluster=cluster, controller=worker)
     log.info("disagg operator started (field manager %s, resync %ss)", ours.field_manager, ours.resync_seconds)
 
 
 @kopf.on.cleanup()
-def cleanup(**_: Any) -> None:
-    elector = _state.pop("elector", None)
-    if elector is not None:
-        elector.stop()
-    worker = _state.pop("controller", None)
-    if worker is not None:
-        worker.stop()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for name in ("elector", "controller", "cluster"):
+        part = memo.pop(name, None)
+        if part is not None:
+            part.stop()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def model_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+def model_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str(meta.get("name")))
+    worker: Controller = memo["controller"]
     if type == "DELETED":
-        controller().forget(key)
+        worker.forget(key)
         return
-    controller().trigger(key, resource_version=meta.get("resourceVersion"))
-
-
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": "disagg-operator"})
-def child_event(body: kopf.Body, **_: Any) -> None:
-    meta = body.get("metadata") or {}
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            controller().trigger((str(meta.get("namespace")), str(ref.get("name"))))
+    worker.trigger(key, resource_version=meta.get("resourceVersion"))

@@ -18,21 +18,25 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, ModeSwitch, semantic_errors
+from disagg.api.spec import DisaggregatedModelSpec, ModeSwitch, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
 from disagg.placement import Claim, Placement, PodDemand, node_inventory, place, reserve
-from disagg.planner.plan import ENGINE_ROLES, ROLE_DECODE, ROLE_PREFILL, Plan, engine_role_plans, engine_roles
+from disagg.planner.plan import (
+    ENGINE_ROLES,
+    ROLE_DECODE,
+    ROLE_PREFILL,
+    ROLE_ROUTER,
+    Plan,
+    engine_role_plans,
+    engine_roles,
+)
 from disagg.planner.replan import apply_floors, replan
 from disagg.planner.resolve import resolve_plan
-from disagg.render import (
-    ROLE_ROUTER,
-    ModelRef,
-    model_labels,
-    render,
-)
+from disagg.render import ModelRef, model_labels, render
+from disagg.render.autoscaling import KEDA_PAUSED_REPLICAS, backend_for
 from disagg.render.names import child_name
 from disagg.scaling import (
     Action,
@@ -176,20 +180,16 @@ def _placement(
             claims.release((model.namespace, model.name))
         return None
     demands = pod_demands(spec, plan)
-    pods = cluster.list_pods()
-    inventory = node_inventory(
-        cluster.list_nodes(),
-        pods,
-        resource=spec.accelerator.resource_name,
-        exclude_labels=model_labels(model, settings),
-        exclude_namespace=model.namespace,
-    )
+    resource = spec.accelerator.resource_name
+    used = cluster.gpu_usage(resource, exclude_namespace=model.namespace, exclude_labels=model_labels(model, settings))
+    inventory = node_inventory(cluster.list_nodes(), used, resource=resource)
     ledger = claims or PlacementClaims()
     with ledger.placing((model.namespace, model.name)) as (others, record):
+        claimants = [pod for claim in others for pod in cluster.bound_pods(claim.namespace, claim.model_labels)]
         placement = place(
             spec.topology,
             pods=demands,
-            inventory=reserve(inventory, others, pods, resource=spec.accelerator.resource_name),
+            inventory=reserve(inventory, others, claimants, resource=resource),
             settings=settings,
             previous={p.level: p.domain for p in previous.placement},
         )
@@ -258,6 +258,38 @@ def _parse_time(text: str | None) -> float | None:
         return None
 
 
+def observed_floors(model: ModelRef, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]]) -> dict[str, int]:
+    """The engine autoscalers' floors as they run (HPA ``minReplicas``, KEDA ``minReplicaCount``)."""
+    floors: dict[str, int] = {}
+    for (_, kind, _, name), obj in live.items():
+        field_name = {"HorizontalPodAutoscaler": "minReplicas", "ScaledObject": "minReplicaCount"}.get(kind)
+        if field_name is None:
+            continue
+        for role in (ROLE_PREFILL, ROLE_DECODE):
+            value = (obj.get("spec") or {}).get(field_name)
+            if name == child_name(model.name, role) and isinstance(value, int):
+                floors[role] = value
+    return floors
+
+
+def observed_at_zero(
+    model: ModelRef, plan: Plan, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]]
+) -> bool | None:
+    """Whether the children show the model asleep: every engine role's scaler paused at 0 (KEDA)
+    or every engine Deployment at 0 replicas. None when they cannot tell (no engine Deployment yet)."""
+    names = {child_name(model.name, role) for role, _ in engine_role_plans(plan)}
+    deployments = {key[3]: obj for key, obj in live.items() if key[1] == "Deployment" and key[3] in names}
+    if set(deployments) != names:
+        return None
+    scalers = {key[3]: obj for key, obj in live.items() if key[1] == "ScaledObject" and key[3] in names}
+    if scalers:
+        return all(
+            ((obj.get("metadata") or {}).get("annotations") or {}).get(KEDA_PAUSED_REPLICAS) == "0"
+            for obj in scalers.values()
+        )
+    return all((obj.get("spec") or {}).get("replicas") == 0 for obj in deployments.values())
+
+
 def _zero_state(
     spec: DisaggregatedModelSpec,
     previous: DisaggregatedModelStatus,
@@ -265,11 +297,16 @@ def _zero_state(
     settings: OperatorSettings,
     metrics: MetricsLookup | None,
     now: str,
+    observed: bool | None = None,
 ) -> ZeroState:
+    """Asleep or awake, and what to do next. Where the model is comes from its children when they
+    say (``observed``: every engine Deployment at 0, or its KEDA scaler paused at 0), so a lost
+    status does not make the operator forget; the ScaledToZero condition is the fallback and the
+    start of the idle clock."""
     if not spec.scale_to_zero.enabled:
         return ZeroState(enabled=False)
     marker = condition(previous.conditions, ConditionType.SCALED_TO_ZERO.value)
-    at_zero = marker is not None and marker.status == "True"
+    at_zero = observed if observed is not None else (marker is not None and marker.status == "True")
     url = settings.prometheus_for(spec.autoscaling.prometheus.url)
     model_queries = queries(spec, namespace=meta["namespace"], name=meta["name"])
     if url is None or metrics is None:
@@ -298,11 +335,25 @@ def _replanned(
     settings: OperatorSettings,
     metrics: MetricsLookup | None,
     now: str,
+    live_floors: Mapping[str, int] | None = None,
 ) -> tuple[Plan, ReplanStatus | None]:
-    """The plan with live re-planning applied: a new decision once per interval, else the last one."""
+    """The plan with live re-planning applied: a new decision once per interval, else the last one.
+
+    The floors of the last decision are in ``status.replan``; when that is gone (a restored or
+    hand-cleared status) they are read back from the autoscalers' ``minReplicas``
+    (``live_floors``), so floors still come down one replica per interval.
+    """
     if not spec.planner.replan.enabled or plan.source != "planner":
         return plan, None
     last = previous.replan
+    if last is None and live_floors:
+        last = ReplanStatus(
+            time="",
+            observed=ObservedWorkload(),
+            prefill_floor=live_floors.get(ROLE_PREFILL),
+            decode_floor=live_floors.get(ROLE_DECODE),
+            decision="floors read back from the autoscalers",
+        )
     due = last is None
     if last is not None:
         then, current = _parse_time(last.time), _parse_time(now)
@@ -465,16 +516,20 @@ def reconcile(
             )
         )
         return outcome
-    plan, replan_record = _replanned(spec, resolution.plan, previous, meta, settings, metrics, now())
-    zero = _zero_state(spec, previous, meta, settings, metrics, now())
-    outcome.zero = zero
-    placement = _placement(spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero)
-    decisions = placement.decisions if placement is not None else []
     live = {
         identity(obj): obj
         for obj in cluster.list_children(model.namespace, model_labels(model, settings))
         if model.uid is None or owned_by(obj, model.uid)
     }
+    plan, replan_record = _replanned(
+        spec, resolution.plan, previous, meta, settings, metrics, now(), live_floors=observed_floors(model, live)
+    )
+    zero = _zero_state(
+        spec, previous, meta, settings, metrics, now(), observed=observed_at_zero(model, resolution.plan, live)
+    )
+    outcome.zero = zero
+    placement = _placement(spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero)
+    decisions = placement.decisions if placement is not None else []
     held = _held_asleep(model, plan, live, zero)
     rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero, held_asleep=held)
     desired = [stamp(obj, settings.prefix) for obj in rendered]
@@ -515,7 +570,7 @@ def reconcile(
         raise
 
     deployments = {key[3]: obj for key, obj in current.items() if key[1] == "Deployment"}
-    if zero.enabled and spec.autoscaling.engine == AutoscalingEngine.HPA:
+    if zero.enabled and backend_for(spec).sleeps_through_scale:
         for role, role_plan in engine_role_plans(plan):
             name = child_name(model.name, role)
             asleep = zero.at_zero or role in held

@@ -17,7 +17,7 @@ from disagg.api.status import (
     DisaggregatedModelStatus,
     PlacementStatus,
     PlanSummary,
-    RolePlan,
+    RolePlanSummary,
     RoleStatus,
     drop_conditions,
     set_condition,
@@ -175,10 +175,10 @@ def pod_problem(pod: Mapping[str, Any]) -> RoleProblem | None:
 
 
 def plan_summary(plan: Plan) -> PlanSummary:
-    def role(r: Any) -> RolePlan | None:
+    def role(r: Any) -> RolePlanSummary | None:
         if r is None:
             return None
-        return RolePlan(replicas=r.replicas, tensor_parallel=r.tensor_parallel, max_replicas=r.max_replicas)
+        return RolePlanSummary(replicas=r.replicas, tensor_parallel=r.tensor_parallel, max_replicas=r.max_replicas)
 
     return PlanSummary(
         source=plan.source,
@@ -312,7 +312,8 @@ def healthy_status(
         conditions=conditions,
         mode=plan.mode,
         ratio=plan.ratio,
-        ready_replicas=f"{ready_pods}/{desired_pods}",
+        replicas=desired_pods,
+        ready_replicas=ready_pods,
         roles=statuses,
         plan=plan_summary(plan),
         placement=[placement_status(p) for p in placements],

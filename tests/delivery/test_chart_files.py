@@ -157,20 +157,6 @@ def test_the_chart_names_the_lease_the_operator_elects_on() -> None:
     assert defined.group(1) == lease
 
 
-def test_the_deployment_turns_leader_election_on_only_for_several_replicas() -> None:
-    """DISAGG_LEADER_ELECTION under `if $ha`; POD_NAMESPACE (the Lease's namespace) always."""
-    deployment = (CHART / "templates" / "deployment.yaml").read_text()
-    env = deployment[deployment.index("        env:") : deployment.index("        ports:")]
-    assert re.search(r"- name: POD_NAMESPACE\n\s+valueFrom:\n\s+fieldRef:\n\s+fieldPath: metadata.namespace", env)
-    before = env[: env.index("- name: POD_NAMESPACE")]
-    opened = len(re.findall(r"\{\{-? (if|with|range) ", before))
-    assert opened == before.count("{{- end }}"), "POD_NAMESPACE must not be conditional"
-    ha = re.search(r"\{\{- if \$ha \}\}\n(.*?)\{\{- end \}\}", env, re.S)
-    assert ha, "DISAGG_LEADER_ELECTION must be conditional on replicas > 1"
-    assert re.search(r'- name: DISAGG_LEADER_ELECTION\n\s+value: "1"', ha.group(1))
-    assert env.count("DISAGG_LEADER_ELECTION") == env.count("name: DISAGG_LEADER_ELECTION") == 1
-
-
 def test_the_settings_configmap_keeps_its_keys() -> None:
     """Older operators convert top-level keys only: nested settings keys stay snake_case."""
     configmap = (CHART / "templates" / "configmap.yaml").read_text()

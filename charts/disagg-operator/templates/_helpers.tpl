@@ -79,28 +79,28 @@ namespace otherwise). Derived from operator/disagg/kube/client.py and handlers.p
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps", "serviceaccounts"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["inference.networking.k8s.io"]
   resources: ["inferencepools"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["list", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # what the routers' Roles grant (a Role can only grant what its creator holds)
 - apiGroups: ["inference.networking.k8s.io", "inference.networking.x-k8s.io"]
   resources: ["inferencepools", "inferenceobjectives"]
@@ -118,17 +118,17 @@ namespace otherwise). Derived from operator/disagg/kube/client.py and handlers.p
 
 {{/*
 Rules that are cluster-scoped by nature, needed in both modes:
-- nodes list and pods list in all namespaces: topology packing reads node labels and allocatable
-  GPUs and the GPUs other pods already request (kube/client.py list_nodes, list_pods).
+- nodes and pods list/watch in all namespaces: the operator's caches (kube/cache.py) keep node
+  labels, allocatable GPUs and the GPUs bound pods request per node, for topology packing.
 - customresourcedefinitions list/watch: kopf notices CRDs (e.g. KEDA's) appearing at runtime.
 */}}
 {{- define "disagg-operator.clusterRules" -}}
 - apiGroups: [""]
   resources: ["nodes"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]

@@ -120,7 +120,8 @@ def crd() -> dict[str, Any]:
                         {"name": "Mode", "type": "string", "jsonPath": ".status.mode"},
                         {"name": "Ratio", "type": "string", "jsonPath": ".status.ratio"},
                         {"name": "Ready", "type": "string", "jsonPath": ready},
-                        {"name": "Pods", "type": "string", "jsonPath": ".status.readyReplicas"},
+                        {"name": "Pods", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                        {"name": "Desired", "type": "integer", "jsonPath": ".status.replicas"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                         # -o wide: what the plan predicts and where the model lives
                         {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpus", "priority": 1},

@@ -230,11 +230,14 @@ class SchedulingSpec(CamelModel):
     all capabilities dropped except IPC_LOCK for RDMA, RuntimeDefault seccomp)."""
 
 
-class EngineRoleAutoscaling(CamelModel):
+class PrefillAutoscaling(CamelModel):
     target_waiting_per_pod: Annotated[int, Field(ge=1, le=1000)] = 4
-    """Prefill: waiting requests per pod the autoscaler aims for (vllm:num_requests_waiting)."""
+    """Waiting requests per pod the autoscaler aims for (vllm:num_requests_waiting)."""
+
+
+class DecodeAutoscaling(CamelModel):
     target_kv_cache_percent: Annotated[int, Field(ge=1, le=100)] = 80
-    """Decode: KV-cache utilisation per pod the autoscaler aims for (vllm:kv_cache_usage_perc)."""
+    """KV-cache utilisation per pod the autoscaler aims for (vllm:kv_cache_usage_perc)."""
 
 
 class EngineRoleSpec(CamelModel):
@@ -246,12 +249,24 @@ class EngineRoleSpec(CamelModel):
     """Non-GPU resources of the engine container."""
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     """Scheduling overrides for this role's pods."""
-    autoscaling: EngineRoleAutoscaling = Field(default_factory=EngineRoleAutoscaling)
-    """Autoscaling targets for this role."""
     args: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=128)] = Field(default_factory=list)
     """Role-specific engine arguments appended after engine.args."""
     env: Annotated[list[EnvVar], Field(max_length=128)] = Field(default_factory=list)
     """Role-specific environment variables (override engine.env by name)."""
+
+
+class PrefillRoleSpec(EngineRoleSpec):
+    """Prefill pods (or, aggregated, the pods that do both): they scale on their queue."""
+
+    autoscaling: PrefillAutoscaling = Field(default_factory=PrefillAutoscaling)
+    """Autoscaling target: queue depth per pod."""
+
+
+class DecodeRoleSpec(EngineRoleSpec):
+    """Decode pods: they scale on KV-cache use."""
+
+    autoscaling: DecodeAutoscaling = Field(default_factory=DecodeAutoscaling)
+    """Autoscaling target: KV-cache use per pod."""
 
 
 class RouterType(StrEnum):
@@ -393,14 +408,10 @@ class ReplanSpec(CamelModel):
     four Prometheus scrape intervals long)."""
 
 
-class PlannerObjective(StrEnum):
-    MIN_GPUS = "minGPUs"
-    GOODPUT_PER_GPU = "goodputPerGPU"
-
-
 class PlannerSpec(CamelModel):
-    objective: PlannerObjective = PlannerObjective.MIN_GPUS
-    """What the planner optimises while meeting the SLOs."""
+    """The planner always picks the fewest GPUs that meet the SLOs at the workload's rate (at a
+    fixed rate that is also the best goodput per GPU), so it has no objective to choose."""
+
     replan: ReplanSpec = Field(default_factory=ReplanSpec)
     """Live re-planning settings."""
 
@@ -447,9 +458,9 @@ class DisaggregatedModelSpec(CamelModel):
     """Latency targets."""
     accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec)
     """GPU type and resource name."""
-    prefill: EngineRoleSpec = Field(default_factory=EngineRoleSpec)
+    prefill: PrefillRoleSpec = Field(default_factory=PrefillRoleSpec)
     """Prefill role (in aggregated mode: the prefill-decode role)."""
-    decode: EngineRoleSpec = Field(default_factory=EngineRoleSpec)
+    decode: DecodeRoleSpec = Field(default_factory=DecodeRoleSpec)
     """Decode role (ignored in aggregated mode)."""
     router: RouterSpec = Field(default_factory=RouterSpec)
     """Router (llm-d endpoint picker)."""

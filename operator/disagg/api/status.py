@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from disagg.api.types import CamelModel
+
+
+def _list_map(key: str) -> dict[str, Any]:
+    """A list whose items are keyed by ``key`` (server-side apply merges them item by item)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
 
 
 class ConditionType(StrEnum):
@@ -57,7 +62,9 @@ class RoleStatus(CamelModel):
     that has not observed it is rolling out; a later generation only scaled (an autoscaler)."""
 
 
-class RolePlan(CamelModel):
+class RolePlanSummary(CamelModel):
+    """Floor, tensor parallelism and autoscaler ceiling the plan gives one role."""
+
     replicas: int
     tensor_parallel: int
     max_replicas: int
@@ -67,8 +74,8 @@ class PlanSummary(CamelModel):
     source: Annotated[str, Field(max_length=32)]
     """Which planner produced this plan (placeholder until the analytical planner runs)."""
     mode: Annotated[str, Field(max_length=32)]
-    prefill: RolePlan | None = None
-    decode: RolePlan | None = None
+    prefill: RolePlanSummary | None = None
+    decode: RolePlanSummary | None = None
     disagg_threshold: int | None = None
     """Uncached prompt tokens below which the router skips prefill."""
     gpus: int = 0
@@ -121,14 +128,16 @@ class ReplanStatus(CamelModel):
 class DisaggregatedModelStatus(CamelModel):
     observed_generation: int | None = None
     """The spec generation the status describes."""
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, json_schema_extra=_list_map("type"))
     mode: Annotated[str, Field(max_length=32)] | None = None
     """Resolved serving mode (disaggregated or aggregated)."""
     ratio: Annotated[str, Field(max_length=32)] | None = None
     """Prefill:decode replica ratio, e.g. 2P:1D."""
-    ready_replicas: Annotated[str, Field(max_length=32)] | None = None
-    """Ready/desired engine pods, e.g. 3/3 (printer column)."""
-    roles: list[RoleStatus] = Field(default_factory=list)
+    replicas: int | None = None
+    """Engine pods the model wants now (prefill + decode, or aggregated; 0 at zero)."""
+    ready_replicas: int | None = None
+    """Engine pods Ready now (printer column Pods, beside Desired)."""
+    roles: list[RoleStatus] = Field(default_factory=list, json_schema_extra=_list_map("name"))
     plan: PlanSummary | None = None
     placement: list[PlacementStatus] = Field(default_factory=list)
     replan: ReplanStatus | None = None

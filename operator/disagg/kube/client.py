@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -35,8 +35,11 @@ from disagg.kube import (
     kind_of,
     selector_string,
 )
+from disagg.placement import gpu_usage
 
 log = logging.getLogger(__name__)
+BOUND_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+"""Pods that hold a node's resources (server-side field selectors)."""
 TIMEOUT = (5.0, 30.0)
 USER_AGENT = f"disagg-operator/{__version__}"
 MISSING_API_RECHECK = 60.0
@@ -130,6 +133,50 @@ class KubeCluster:
                 raise ConflictError(message)
             raise ApiError(response.status, message)
         return json.loads(text) if text else {}
+
+    def list_raw(self, kind: Kind, namespace: str | None, query: Mapping[str, str]) -> dict[str, Any]:
+        """One LIST as the API server answers it (items and the list's resourceVersion)."""
+        result: dict[str, Any] = self._call("GET", kind.path(namespace), query=list(query.items()))
+        return result
+
+    def watch_raw(
+        self, kind: Kind, namespace: str | None, query: Mapping[str, str], stop: threading.Event
+    ) -> Iterator[dict[str, Any]]:
+        """One WATCH: its events, one JSON document per line, until the server ends it (or ``stop``)."""
+        method, url, headers, _, _ = self._api.param_serialize(
+            method="GET",
+            resource_path=kind.path(namespace),
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        timeout = float(query.get("timeoutSeconds", "300")) + 30.0
+        try:
+            response = self._api.call_api(method, url, header_params=headers, _request_timeout=(5.0, timeout))
+        except ApiException as exc:
+            raise ApiError(int(exc.status or 0), _message(exc.body, str(exc.reason))) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, f"API server unreachable: {type(exc).__name__}") from exc
+        raw = response.response
+        try:
+            if response.status >= 400:
+                text = raw.read().decode("utf-8", errors="replace")
+                raise ApiError(response.status, _message(text, response.reason or ""))
+            pending = b""
+            for chunk in raw.stream(64 * 1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+                if stop.is_set():
+                    return
+            if pending.strip():
+                yield json.loads(pending)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # connection lost mid-stream: resume
+            raise ApiError(0, f"watch interrupted: {type(exc).__name__}") from exc
+        finally:
+            raw.release_conn()
 
     def _list(self, kind: Kind, namespace: str | None = None, **query: str) -> list[dict[str, Any]]:
         missing_since = self._missing_apis.get(kind.api_version)
@@ -240,8 +287,13 @@ class KubeCluster:
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._list(NODE_KIND)
 
-    def list_pods(self) -> list[dict[str, Any]]:
-        return self._list(POD_KIND, None, fieldSelector="status.phase!=Succeeded,status.phase!=Failed")
+    def gpu_usage(self, resource: str, *, exclude_namespace: str, exclude_labels: Mapping[str, str]) -> dict[str, int]:
+        """Uncached (one LIST of every bound pod): :class:`disagg.kube.cache.CachedCluster` keeps the sums."""
+        pods = self._list(POD_KIND, None, fieldSelector=BOUND_PODS)
+        return gpu_usage(pods, resource=resource, exclude_namespace=exclude_namespace, exclude_labels=exclude_labels)
+
+    def bound_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self._list(POD_KIND, namespace, labelSelector=selector_string(selector), fieldSelector=BOUND_PODS)
 
     def list_model_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         """One model's pods (read only when a role is short of its floor, to say why)."""

@@ -252,26 +252,46 @@ def _gpu_request(pod: Mapping[str, Any], resource: str) -> int:
     return max(regular + sidecars, init_peak)
 
 
-def node_inventory(
-    nodes: Iterable[Mapping[str, Any]],
-    pods: Iterable[Mapping[str, Any]],
-    *,
-    resource: str,
-    exclude_labels: Mapping[str, str],
-    exclude_namespace: str,
-) -> list[NodeInfo]:
-    """Free GPUs per node, treating the placed model's own pods as free (so its domain stays stable)."""
+def pod_requests(pod: Mapping[str, Any]) -> dict[str, int]:
+    """Every extended resource (``vendor/name``, e.g. ``nvidia.com/gpu``) the pod requests, counted
+    as the scheduler does (init containers' peak, sidecars)."""
+    spec = pod.get("spec") or {}
+    names = {
+        name
+        for container in (*(spec.get("containers") or []), *(spec.get("initContainers") or []))
+        for name in ((container.get("resources") or {}).get("requests") or {})
+        if "/" in name
+    }
+    amounts = {name: _gpu_request(pod, name) for name in sorted(names)}
+    return {name: amount for name, amount in amounts.items() if amount}
+
+
+def holds_resources(pod: Mapping[str, Any]) -> bool:
+    """Bound to a node and not finished: its requests count against the node."""
+    phase = (pod.get("status") or {}).get("phase")
+    return bool((pod.get("spec") or {}).get("nodeName")) and phase not in ("Succeeded", "Failed")
+
+
+def is_own(pod: Mapping[str, Any], namespace: str, labels: Mapping[str, str]) -> bool:
+    meta = pod.get("metadata") or {}
+    have = meta.get("labels") or {}
+    return meta.get("namespace") == namespace and all(have.get(k) == v for k, v in labels.items())
+
+
+def gpu_usage(
+    pods: Iterable[Mapping[str, Any]], *, resource: str, exclude_labels: Mapping[str, str], exclude_namespace: str
+) -> dict[str, int]:
+    """GPUs requested per node by bound pods, leaving out the placed model's own pods (so its
+    domain stays stable). A watch-fed cache keeps the same sums incrementally."""
     used: dict[str, int] = defaultdict(int)
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if not node_name or phase in ("Succeeded", "Failed"):
-            continue
-        labels = meta.get("labels") or {}
-        own = meta.get("namespace") == exclude_namespace and all(labels.get(k) == v for k, v in exclude_labels.items())
-        if not own:
-            used[node_name] += _gpu_request(pod, resource)
+        if holds_resources(pod) and not is_own(pod, exclude_namespace, exclude_labels):
+            used[str((pod.get("spec") or {}).get("nodeName"))] += _gpu_request(pod, resource)
+    return dict(used)
+
+
+def node_inventory(nodes: Iterable[Mapping[str, Any]], used: Mapping[str, int], *, resource: str) -> list[NodeInfo]:
+    """Free GPUs per node, given what other pods request on each (:func:`gpu_usage`)."""
     inventory = []
     for node in nodes:
         meta = node.get("metadata") or {}

@@ -9,6 +9,7 @@ router threshold is 512 uncached tokens (prompts shorter than that rarely repay 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, Mode
@@ -17,11 +18,22 @@ PLACEHOLDER_DISAGG_THRESHOLD = 512
 ServingMode = Literal["disaggregated", "aggregated"]
 
 
-# Engine role names: Deployment suffixes and the disagg.dev/role label (llm-d's prefill / decode).
-ROLE_PREFILL = "prefill"
-ROLE_DECODE = "decode"
-ROLE_AGGREGATED = "prefill-decode"
-ENGINE_ROLES = frozenset({ROLE_PREFILL, ROLE_DECODE, ROLE_AGGREGATED})
+class Role(StrEnum):
+    """The workloads of a model: Deployment suffixes, the disagg.dev/role label, status role names.
+    (A StrEnum, so a role is still the string Kubernetes and PromQL see.)"""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    AGGREGATED = "prefill-decode"
+    """Aggregated mode: one engine does prefill and decode."""
+    ROUTER = "router"
+
+
+ROLE_PREFILL = Role.PREFILL
+ROLE_DECODE = Role.DECODE
+ROLE_AGGREGATED = Role.AGGREGATED
+ROLE_ROUTER = Role.ROUTER
+ENGINE_ROLES = frozenset({Role.PREFILL, Role.DECODE, Role.AGGREGATED})
 """Every engine role any mode has (a mode switch briefly runs roles of both modes)."""
 
 
@@ -112,16 +124,16 @@ def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
     )
 
 
-def engine_role_plans(plan: Plan) -> list[tuple[str, RolePlan]]:
+def engine_role_plans(plan: Plan) -> list[tuple[Role, RolePlan]]:
     """(role name, plan) of the engine roles the plan renders: prefill-decode, or prefill and decode."""
     if plan.decode is None:
         return [(ROLE_AGGREGATED, plan.prefill)]
     return [(ROLE_PREFILL, plan.prefill), (ROLE_DECODE, plan.decode)]
 
 
-def engine_roles(spec: DisaggregatedModelSpec, plan: Plan) -> list[tuple[str, RolePlan, EngineRoleSpec]]:
+def engine_roles(spec: DisaggregatedModelSpec, plan: Plan) -> list[tuple[Role, RolePlan, EngineRoleSpec]]:
     """:func:`engine_role_plans` with each role's spec; the aggregated role is configured by ``spec.prefill``."""
     return [
-        (name, role_plan, spec.decode if name == "decode" else spec.prefill)
+        (name, role_plan, spec.decode if name == Role.DECODE else spec.prefill)
         for name, role_plan in engine_role_plans(plan)
     ]

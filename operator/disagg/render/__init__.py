@@ -8,15 +8,15 @@ One writer per field: a Deployment whose replicas an autoscaler owns is rendered
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from disagg.api.spec import GROUP, KIND, VERSION, AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.api.spec import GROUP, KIND, VERSION, DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
-from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, Plan, RolePlan, engine_roles
+from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, ROLE_ROUTER, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
 from disagg.render.engine import (
     DECODE_VLLM_PORT,
@@ -26,19 +26,9 @@ from disagg.render.engine import (
     engine_container,
     routing_sidecar,
 )
+from disagg.render.names import ModelRef as ModelRef  # re-exported: callers name it from here
 from disagg.render.names import child_name, label_value, merged_labels
 from disagg.settings import OperatorSettings
-
-ROLE_ROUTER = "router"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Identity of the DisaggregatedModel being rendered (uid absent when rendering offline)."""
-
-    name: str
-    namespace: str
-    uid: str | None = None
 
 
 def model_labels(model: ModelRef, settings: OperatorSettings) -> dict[str, str]:
@@ -245,9 +235,7 @@ def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, An
 
 def _autoscaled(spec: DisaggregatedModelSpec, plan_role: RolePlan) -> bool:
     """The autoscaler owns replicas when one is rendered for the role (a range to move in, or scale-to-zero)."""
-    if spec.autoscaling.engine == AutoscalingEngine.NONE:
-        return False
-    return plan_role.autoscaled
+    return autoscaling.backend_for(spec).owns_replicas and plan_role.autoscaled
 
 
 def render(
@@ -270,16 +258,18 @@ def render(
     roles = engine_roles(spec, plan)
 
     router_objects = router.render_router(
-        model=model,
-        spec=spec,
-        plan=plan,
-        settings=settings,
-        meta=lambda name, component: _meta(model, settings, name, component),
-        pod_labels=merged_labels(spec.router.scheduling.pod_labels, _common_labels(model, settings, ROLE_ROUTER)),
-        selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
-        scheduling=_pod_scheduling(None, None, model, settings, spec),
-        autoscaled=_autoscaled(spec, plan.router),
-        engine_selector=model_labels(model, settings),
+        model,
+        spec,
+        plan,
+        settings,
+        router.WorkloadShape(
+            metadata=functools.partial(_meta, model, settings),
+            pod_labels=merged_labels(spec.router.scheduling.pod_labels, _common_labels(model, settings, ROLE_ROUTER)),
+            selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
+            scheduling=_pod_scheduling(None, None, model, settings, spec),
+            autoscaled=_autoscaled(spec, plan.router),
+            engine_selector=model_labels(model, settings),
+        ),
     )
     objects += router_objects
     objects.append(_pdb(model, settings, ROLE_ROUTER))
@@ -305,32 +295,42 @@ def render(
     if settings.network_policy:
         objects.append(_network_policy(model, settings))
 
-    scalable = [(role, plan_role, role_spec) for role, plan_role, role_spec in roles]
-    for role, plan_role, role_spec in scalable:
-        if _autoscaled(spec, plan_role):
-            scaler = autoscaling.engine_scaler(
-                spec=spec,
-                settings=settings,
-                role=role,
-                plan_role=plan_role,
-                role_spec=role_spec,
-                meta=_meta(model, settings, child_name(model.name, role), role),
-                target_name=child_name(model.name, role),
-                namespace=model.namespace,
-            )
-            if (engines_at_zero or role in held_asleep) and scaler["kind"] == "ScaledObject":
-                scaler["metadata"].setdefault("annotations", {})[autoscaling.KEDA_PAUSED_REPLICAS] = "0"
-            objects.append(scaler)
-    if _autoscaled(spec, plan.router):
-        objects.append(
-            autoscaling.router_scaler(
-                spec=spec,
-                plan_role=plan.router,
-                meta=_meta(model, settings, child_name(model.name, ROLE_ROUTER), ROLE_ROUTER),
-                target_name=child_name(model.name, ROLE_ROUTER),
-            )
+    backend = autoscaling.backend_for(spec)
+
+    def scaler_input(role: str, plan_role: RolePlan, role_spec: EngineRoleSpec | None) -> autoscaling.ScalerInput:
+        return autoscaling.ScalerInput(
+            spec=spec,
+            settings=settings,
+            role=role,
+            plan_role=plan_role,
+            meta=_meta(model, settings, child_name(model.name, role), role),
+            target_name=child_name(model.name, role),
+            namespace=model.namespace,
+            role_spec=role_spec,
         )
-    return objects
+
+    for role, plan_role, role_spec in roles:
+        if not _autoscaled(spec, plan_role):
+            continue
+        scaler = backend.engine_scaler(scaler_input(role, plan_role, role_spec))
+        if scaler is not None:
+            objects.append(backend.asleep(scaler) if engines_at_zero or role in held_asleep else scaler)
+    if _autoscaled(spec, plan.router):
+        router_scaler = backend.router_scaler(scaler_input(ROLE_ROUTER, plan.router, None))
+        if router_scaler is not None:
+            objects.append(router_scaler)
+    return [_plain(obj) for obj in objects]
+
+
+def _plain(value: Any) -> Any:
+    """Plain JSON types all the way down: roles are a StrEnum, and YAML writers want exact ``str``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and type(value) is not str:
+        return str(value)
+    return value
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:

@@ -1,15 +1,23 @@
-"""Per-role autoscalers: autoscaling/v2 HPAs on engine metrics, or KEDA ScaledObjects.
+"""Per-role autoscalers, one backend per ``autoscaling.engine`` (:data:`BACKENDS`).
 
 Prefill scales on queue depth per pod (``vllm:num_requests_waiting``), decode on KV-cache use
 (``vllm:kv_cache_usage_perc``), the router on CPU. LLM pods take minutes to start, so scale-up
 is immediate and generous while scale-down waits five minutes and removes one pod at a time.
+
+A backend says what it renders for an engine role and for the router, whether it owns the
+Deployments' replicas, how a role sleeps at zero (the operator writing ``/scale`` while the
+autoscaler stands aside, or the scaler object itself paused at 0), which API it needs and what
+RBAC that takes. Adding an engine is one class here, one enum value in ``api/spec.py`` and its
+RBAC in the chart (docs/architecture.md); ``tests/test_autoscaling_backends.py`` fails for an
+enum value without a backend.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from disagg.api.spec import AutoscalingEngine, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.api.spec import AutoscalingEngine, DecodeRoleSpec, DisaggregatedModelSpec, EngineRoleSpec, PrefillRoleSpec
 from disagg.api.types import duration_seconds
 from disagg.planner.plan import RolePlan
 from disagg.settings import OperatorSettings
@@ -28,6 +36,8 @@ SCALE_DOWN = {
     "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
 }
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
+CHILD_VERBS = ("list", "watch", "create", "patch", "delete")
+"""What the operator does with every kind it owns (watch: its caches, kube/cache.py)."""
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
 
 
@@ -55,75 +65,148 @@ def _target_ref(name: str) -> dict[str, str]:
     return {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
 
 
-def engine_scaler(
-    *,
-    spec: DisaggregatedModelSpec,
-    settings: OperatorSettings,
-    role: str,
-    plan_role: RolePlan,
-    role_spec: EngineRoleSpec,
-    meta: dict[str, Any],
-    target_name: str,
-    namespace: str,
-) -> dict[str, Any]:
-    decode = role == "decode"
-    if spec.autoscaling.engine == AutoscalingEngine.KEDA:
-        return _scaled_object(
-            spec=spec,
-            settings=settings,
-            meta=meta,
-            target_name=target_name,
-            plan_role=plan_role,
-            query=(
-                f'avg(vllm:kv_cache_usage_perc{{namespace="{namespace}",pod=~"{target_name}-.*"}})'
-                if decode
-                else f'sum(vllm:num_requests_waiting{{namespace="{namespace}",pod=~"{target_name}-.*"}})'
-            ),
-            threshold=(
-                str(role_spec.autoscaling.target_kv_cache_percent / 100)
-                if decode
-                else str(role_spec.autoscaling.target_waiting_per_pod)
-            ),
-            metric_type="Value" if decode else "AverageValue",
-        )
-    metric_name = settings.metric_names.decode_kv_cache if decode else settings.metric_names.prefill_queue
-    target = (
-        _kv_target(role_spec.autoscaling.target_kv_cache_percent)
-        if decode
-        else str(role_spec.autoscaling.target_waiting_per_pod)
+@dataclass(frozen=True)
+class ScalerInput:
+    """What every backend is given to render one role's scaler."""
+
+    spec: DisaggregatedModelSpec
+    settings: OperatorSettings
+    role: str
+    plan_role: RolePlan
+    meta: dict[str, Any]
+    target_name: str
+    namespace: str
+    role_spec: EngineRoleSpec | None = None
+    """The engine role's spec; None for the router."""
+
+
+class AutoscalerBackend:
+    """One autoscaling engine. Subclasses set the class attributes and render the scalers."""
+
+    engine: ClassVar[AutoscalingEngine]
+    api_version: ClassVar[str | None] = None
+    """The API the scaler objects need (None: nothing rendered)."""
+    owns_replicas: ClassVar[bool] = True
+    """An autoscaler moves the Deployments' replicas, so the operator never renders them."""
+    sleeps_through_scale: ClassVar[bool] = False
+    """At zero the operator writes the Deployments' /scale (the autoscaler stands aside at 0)."""
+    rbac: ClassVar[tuple[dict[str, Any], ...]] = ()
+    """What the operator's role needs for this backend (the chart renders the same rules)."""
+
+    def engine_scaler(self, given: ScalerInput) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def router_scaler(self, given: ScalerInput) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def asleep(self, scaler: dict[str, Any]) -> dict[str, Any]:
+        """The scaler of a role at zero (unchanged where the operator sleeps it through /scale)."""
+        return scaler
+
+
+class HpaBackend(AutoscalerBackend):
+    """autoscaling/v2 HPAs on the engines' metrics through the custom metrics API."""
+
+    engine = AutoscalingEngine.HPA
+    api_version = "autoscaling/v2"
+    sleeps_through_scale = True  # an HPA at minReplicas >= 1 leaves a Deployment at 0 alone
+    rbac = (
+        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": list(CHILD_VERBS)},
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
     )
-    metric = {
-        "type": "Pods",
-        "pods": {"metric": {"name": metric_name}, "target": {"type": "AverageValue", "averageValue": target}},
-    }
-    return _hpa(meta, target_name, plan_role, metric, spec)
+
+    def engine_scaler(self, given: ScalerInput) -> dict[str, Any]:
+        names = given.settings.metric_names
+        role = given.role_spec
+        if isinstance(role, DecodeRoleSpec):
+            metric_name, target = names.decode_kv_cache, _kv_target(role.autoscaling.target_kv_cache_percent)
+        elif isinstance(role, PrefillRoleSpec):
+            metric_name, target = names.prefill_queue, str(role.autoscaling.target_waiting_per_pod)
+        else:
+            raise TypeError(f"no engine role spec for {given.role}")
+        metric = {
+            "type": "Pods",
+            "pods": {"metric": {"name": metric_name}, "target": {"type": "AverageValue", "averageValue": target}},
+        }
+        return _hpa(given.meta, given.target_name, given.plan_role, metric, given.spec)
+
+    def router_scaler(self, given: ScalerInput) -> dict[str, Any]:
+        percent = given.spec.router.autoscaling.target_cpu_percent
+        metric = {
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},
+        }
+        return _hpa(given.meta, given.target_name, given.plan_role, metric, given.spec)
 
 
-def router_scaler(
-    *,
-    spec: DisaggregatedModelSpec,
-    plan_role: RolePlan,
-    meta: dict[str, Any],
-    target_name: str,
-) -> dict[str, Any]:
-    percent = spec.router.autoscaling.target_cpu_percent
-    if spec.autoscaling.engine == AutoscalingEngine.KEDA:
+class KedaBackend(AutoscalerBackend):
+    """KEDA ScaledObjects with Prometheus triggers; paused at 0 while the model sleeps."""
+
+    engine = AutoscalingEngine.KEDA
+    api_version = "keda.sh/v1alpha1"
+    rbac = ({"apiGroups": ["keda.sh"], "resources": ["scaledobjects"], "verbs": list(CHILD_VERBS)},)
+
+    def engine_scaler(self, given: ScalerInput) -> dict[str, Any]:
+        pods = f'namespace="{given.namespace}",pod=~"{given.target_name}-.*"'
+        role = given.role_spec
+        if isinstance(role, DecodeRoleSpec):
+            query = f"avg(vllm:kv_cache_usage_perc{{{pods}}})"
+            threshold, metric_type = str(role.autoscaling.target_kv_cache_percent / 100), "Value"
+        elif isinstance(role, PrefillRoleSpec):
+            query = f"sum(vllm:num_requests_waiting{{{pods}}})"
+            threshold, metric_type = str(role.autoscaling.target_waiting_per_pod), "AverageValue"
+        else:
+            raise TypeError(f"no engine role spec for {given.role}")
+        return _scaled_object(
+            spec=given.spec,
+            settings=given.settings,
+            meta=given.meta,
+            target_name=given.target_name,
+            plan_role=given.plan_role,
+            query=query,
+            threshold=threshold,
+            metric_type=metric_type,
+        )
+
+    def router_scaler(self, given: ScalerInput) -> dict[str, Any]:
+        percent = given.spec.router.autoscaling.target_cpu_percent
         return {
             "apiVersion": "keda.sh/v1alpha1",
             "kind": "ScaledObject",
-            "metadata": meta,
+            "metadata": given.meta,
             "spec": {
-                "scaleTargetRef": {"name": target_name},
-                "minReplicaCount": _min_replicas(plan_role),
-                "maxReplicaCount": max(plan_role.max_replicas, 1),
+                "scaleTargetRef": {"name": given.target_name},
+                "minReplicaCount": _min_replicas(given.plan_role),
+                "maxReplicaCount": max(given.plan_role.max_replicas, 1),
                 "triggers": [{"type": "cpu", "metricType": "Utilization", "metadata": {"value": str(percent)}}],
             },
         }
-    metric = {
-        "type": "Resource",
-        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},
-    }
-    return _hpa(meta, target_name, plan_role, metric, spec)
+
+    def asleep(self, scaler: dict[str, Any]) -> dict[str, Any]:
+        scaler["metadata"].setdefault("annotations", {})[KEDA_PAUSED_REPLICAS] = "0"
+        return scaler
+
+
+class NoAutoscaler(AutoscalerBackend):
+    """Fixed replicas (the plan's floors); the operator renders them and sets 0 at zero."""
+
+    engine = AutoscalingEngine.NONE
+    owns_replicas = False
+
+    def engine_scaler(self, _given: ScalerInput) -> None:
+        return None
+
+    def router_scaler(self, _given: ScalerInput) -> None:
+        return None
+
+
+BACKENDS: dict[AutoscalingEngine, AutoscalerBackend] = {
+    backend.engine: backend for backend in (HpaBackend(), KedaBackend(), NoAutoscaler())
+}
+
+
+def backend_for(spec: DisaggregatedModelSpec) -> AutoscalerBackend:
+    return BACKENDS[spec.autoscaling.engine]
 
 
 def _hpa(

@@ -6,10 +6,20 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 DNS_LABEL_MAX = 63
 LABEL_VALUE_MAX = 63
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Identity of the DisaggregatedModel being rendered (uid absent when rendering offline)."""
+
+    name: str
+    namespace: str
+    uid: str | None = None
 
 
 def _digest(text: str, length: int = 8) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -12,7 +13,7 @@ from disagg.api.spec import DisaggregatedModelSpec
 from disagg.api.types import duration_seconds
 from disagg.planner.plan import Plan
 from disagg.render.engine import PREFILL_PORT
-from disagg.render.names import child_name, content_hash
+from disagg.render.names import ModelRef, child_name, content_hash
 from disagg.settings import OperatorSettings
 
 GRPC_PORT = 9002
@@ -310,20 +311,28 @@ NON_ROOT = {
 }
 
 
+@dataclass(frozen=True)
+class WorkloadShape:
+    """How the router's objects are named, labelled and scheduled (the model's conventions)."""
+
+    metadata: Callable[[str, str], dict[str, Any]]
+    """(object name, component) -> metadata with the model's labels and owner reference."""
+    pod_labels: Mapping[str, str]
+    selector: Mapping[str, str]
+    """The router Deployment's selector (and Service's)."""
+    scheduling: Mapping[str, Any]
+    autoscaled: bool
+    """An autoscaler owns the router's replicas (none rendered)."""
+    engine_selector: Mapping[str, str]
+    """Labels of the model's engine pods, which the picker routes to."""
+
+
 def render_router(
-    *,
-    model: Any,
-    spec: DisaggregatedModelSpec,
-    plan: Plan,
-    settings: OperatorSettings,
-    meta: Callable[[str, str], dict[str, Any]],
-    pod_labels: Mapping[str, str],
-    selector: Mapping[str, str],
-    scheduling: Mapping[str, Any],
-    autoscaled: bool,
-    engine_selector: Mapping[str, str],
+    model: ModelRef, spec: DisaggregatedModelSpec, plan: Plan, settings: OperatorSettings, shape: WorkloadShape
 ) -> list[dict[str, Any]]:
     """The endpoint picker with Envoy in front of it, its config, RBAC, Service, pool and route."""
+    meta, pod_labels, selector = shape.metadata, shape.pod_labels, shape.selector
+    scheduling, autoscaled, engine_selector = shape.scheduling, shape.autoscaled, shape.engine_selector
     name = child_name(model.name, "router")
     hold = spec.scale_to_zero.hold_requests_for if spec.scale_to_zero.enabled else None
     config_text = _picker_text(plan.mode, plan.disagg_threshold, hold)
