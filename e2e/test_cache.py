@@ -57,7 +57,7 @@ def test_a_bound_pod_is_counted_and_uncounted_as_it_comes_and_goes(
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "holder", "labels": {"app": "holder"}},
+        "metadata": {"name": "holder", "labels": {"disagg.dev/model": "holder"}},
         "spec": {
             "nodeName": node,
             "containers": [
@@ -77,11 +77,13 @@ def test_a_bound_pod_is_counted_and_uncounted_as_it_comes_and_goes(
     started = time.monotonic()
     wait_for("the pod's 2 GPUs in the cache", lambda: used() == before + 2, timeout=10, interval=0.05)
     print(f"bound pod visible in the cache after {time.monotonic() - started:.2f} s")
-    (seen,) = cache.bound_pods(namespace, {"app": "holder"})
+    (seen,) = cache.bound_pods(namespace, {"disagg.dev/model": "holder"})
     assert seen["spec"]["nodeName"] == node
     # its own pods are left out of a model's view of the node, as placement needs
     assert (
-        cache.gpu_usage("nvidia.com/gpu", exclude_namespace=namespace, exclude_labels={"app": "holder"}).get(node, 0)
+        cache.gpu_usage(
+            "nvidia.com/gpu", exclude_namespace=namespace, exclude_labels={"disagg.dev/model": "holder"}
+        ).get(node, 0)
         == before
     )
     kubectl.run("delete", "pod", "holder", "-n", namespace, "--grace-period=0", "--force", "--wait=true")

@@ -207,7 +207,9 @@ class CachedCluster(KubeCluster):
             self._on_child_event(str(namespace), owner)
 
     def _child_informer(self, kind: Kind, namespace: str | None) -> Informer | None:
-        return self.children.get((kind.plural, None)) or self.children.get((kind.plural, namespace))
+        # (not `a or b`: an Informer has a length, and an empty one is falsy)
+        found = self.children.get((kind.plural, None))
+        return found if found is not None else self.children.get((kind.plural, namespace))
 
     # -- reads ----------------------------------------------------------------------------------
     def list_children(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 BOUND_PODS = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 """Pods that hold a node's resources (server-side field selectors)."""
 TIMEOUT = (5.0, 30.0)
+CONNECTIONS = 64
+"""HTTP connections kept to the API server (the client's default, 5 per CPU, is below the watches)."""
 USER_AGENT = f"disagg-operator/{__version__}"
 MISSING_API_RECHECK = 60.0
 SERVED_RECHECK = 15.0
@@ -65,11 +67,14 @@ def parse_failpoint(text: str | None) -> tuple[str, int] | None:
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        api = client.ApiClient()
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except config.ConfigException:
-        api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # every cache holds a watch open (kube/cache.py): room for those and the writes beside them
+    configuration.connection_pool_maxsize = CONNECTIONS
+    api = client.ApiClient(configuration)
     api.user_agent = USER_AGENT  # lets audit logs tell the operator's requests apart
     return api
 
@@ -140,7 +145,12 @@ class KubeCluster:
         return result
 
     def watch_raw(
-        self, kind: Kind, namespace: str | None, query: Mapping[str, str], stop: threading.Event
+        self,
+        kind: Kind,
+        namespace: str | None,
+        query: Mapping[str, str],
+        stop: threading.Event,
+        on_open: Callable[[Callable[[], None]], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One WATCH: its events, one JSON document per line, until the server ends it (or ``stop``)."""
         method, url, headers, _, _ = self._api.param_serialize(
@@ -158,6 +168,8 @@ class KubeCluster:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ApiError(0, f"API server unreachable: {type(exc).__name__}") from exc
         raw = response.response
+        if on_open is not None:
+            on_open(raw.shutdown)  # another thread may end the blocking read
         try:
             if response.status >= 400:
                 text = raw.read().decode("utf-8", errors="replace")
@@ -173,7 +185,9 @@ class KubeCluster:
                     return
             if pending.strip():
                 yield json.loads(pending)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:  # connection lost mid-stream: resume
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:  # connection lost mid-stream: resume
+            if stop.is_set():
+                return
             raise ApiError(0, f"watch interrupted: {type(exc).__name__}") from exc
         finally:
             raw.release_conn()

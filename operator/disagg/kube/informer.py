@@ -42,7 +42,12 @@ class ListWatchApi(Protocol):
     def list_raw(self, kind: Kind, namespace: str | None, query: Mapping[str, str]) -> dict[str, Any]: ...
 
     def watch_raw(
-        self, kind: Kind, namespace: str | None, query: Mapping[str, str], stop: threading.Event
+        self,
+        kind: Kind,
+        namespace: str | None,
+        query: Mapping[str, str],
+        stop: threading.Event,
+        on_open: Callable[[Callable[[], None]], None] | None = None,
     ) -> Iterator[dict[str, Any]]: ...
 
     def served(self, api_version: str) -> bool: ...
@@ -84,6 +89,8 @@ class Informer:
         self._thread: threading.Thread | None = None
         self._version = ""
         self._missing = False
+        self._interrupt: Callable[[], None] | None = None
+        """Ends the open watch at once (its read blocks until the server sends something)."""
 
     # -- reading ------------------------------------------------------------------------------
     def items(self) -> list[dict[str, Any]]:
@@ -149,6 +156,12 @@ class Informer:
 
     def stop(self) -> None:
         self._stop.set()
+        interrupt = self._interrupt
+        if interrupt is not None:
+            try:
+                interrupt()
+            except Exception:  # already closed
+                log.debug("%s informer: closing the watch failed", self.kind.plural, exc_info=True)
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -249,7 +262,13 @@ class Informer:
             "timeoutSeconds": str(WATCH_SECONDS),
         }
         self.stats.watches += 1
-        for event in self.api.watch_raw(self.kind, self.namespace, query, self._stop):
+
+        def opened(interrupt: Callable[[], None]) -> None:
+            self._interrupt = interrupt
+            if self._stop.is_set():
+                interrupt()
+
+        for event in self.api.watch_raw(self.kind, self.namespace, query, self._stop, opened):
             kind = event.get("type")
             obj = event.get("object") or {}
             if kind == "ERROR":
