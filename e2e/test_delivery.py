@@ -535,7 +535,7 @@ def test_helm_upgrade_across_a_crd_schema_change(kubectl: Kubectl, helm: Helm, n
     models = new_namespace(kubectl, "op-dlv-upgrade")
     release = f"dlv-{uuid.uuid4().hex[:5]}"
     with_planner = sample(models)
-    with_planner["spec"]["planner"] = {"objective": "goodputPerGPU"}
+    with_planner["spec"]["planner"] = {"replan": {"enabled": True, "interval": "10m"}}
     try:
         # a cluster that never had disagg: helm install creates the (old) CRD from crds/
         kubectl.run("delete", CRD_NAME, "--wait=true", "--timeout=60s")
@@ -574,7 +574,7 @@ def test_helm_upgrade_across_a_crd_schema_change(kubectl: Kubectl, helm: Helm, n
         )
         stored = kubectl.get("disaggregatedmodel", "llama-8b-chat", models)
         assert stored is not None
-        assert stored["spec"]["planner"]["objective"] == "goodputPerGPU"
+        assert stored["spec"]["planner"]["replan"] == {"enabled": True, "interval": "10m"}
     finally:
         kubectl.run("delete", "disaggregatedmodels", "--all", "-n", models, "--wait=true", check=False)
         helm.run("uninstall", release, "-n", namespace, check=False)
