@@ -80,7 +80,8 @@ def test_completions_and_chat_are_answered_and_long_prompts_go_through_prefill(
     assert after_long["prefill"] == after_short["prefill"] + 1, "a prompt over the threshold must be prefilled remotely"
     assert after_long["decode"] == after_short["decode"] + 1
 
-    streamed = send(url, model, prompt=prompt_of(20, seed=3), max_tokens=16, stream=True)
+    # ignore_eos (vLLM's sampling extension): exactly 16 tokens, not a random shorter answer
+    streamed = send(url, model, prompt=prompt_of(20, seed=3), max_tokens=16, stream=True, ignore_eos=True)
     assert streamed.ok
     assert streamed.ttft is not None
     assert len(streamed.itl) >= 3, "a streamed answer must reach the client token by token"

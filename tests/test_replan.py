@@ -199,3 +199,27 @@ def test_lost_status_keeps_the_floors_the_autoscalers_run_with() -> None:
     status = run("2026-11-28T01:01:00Z")
     assert status["replan"]["prefillFloor"] == high - 1, status["replan"]
     assert f"prefill floor {high} -> {high - 1}" in status["replan"]["decision"]
+
+
+def test_a_floor_raised_to_the_ceiling_keeps_the_autoscaler() -> None:
+    """Floor == max after re-planning: the HPA stays (min == max), it is not swapped for a fixed
+    Deployment count and re-created when the floor comes down (found on real traffic in e2e)."""
+    cluster = MemoryCluster()
+    body = load(LLAMA)
+    body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "4m"}}
+    body["spec"]["prefill"]["replicas"] = {"min": 1, "max": 6}
+    body["spec"]["autoscaling"] = {"engine": "hpa", "prometheus": {"url": "http://127.0.0.1:9"}}
+    cluster.add_model(body)
+    metrics = ReplanMetrics(ObservedWorkload(request_rate=200.0, input_tokens=4096, output_tokens=300))
+    reconcile(
+        cluster.get_model("default", "llama-70b") or {},
+        cluster,
+        OperatorSettings(),
+        now=lambda: "2026-11-28T01:00:00Z",
+        metrics=lambda url: metrics,
+    )
+    assert cluster.models[("default", "llama-70b")]["status"]["replan"]["prefillFloor"] == 6
+    children = {(k, n): o for (_, k, _, n), o in cluster.objects.items()}
+    hpa = children[("HorizontalPodAutoscaler", "llama-70b-prefill")]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (6, 6)
+    assert "replicas" not in children[("Deployment", "llama-70b-prefill")]["spec"]

@@ -43,10 +43,13 @@ class RolePlan:
     """Floor: the autoscaler's minReplicas (or the fixed count without one)."""
     max_replicas: int
     tensor_parallel: int
+    autoscale: bool | None = None
+    """Keep the autoscaler even where the floor has reached the ceiling (a re-planned floor may;
+    removing and re-creating the HPA would lose its state). None: autoscaled when there is a range."""
 
     @property
     def autoscaled(self) -> bool:
-        return self.max_replicas > self.replicas
+        return self.autoscale if self.autoscale is not None else self.max_replicas > self.replicas
 
     @property
     def gpus(self) -> int:

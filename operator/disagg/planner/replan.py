@@ -69,7 +69,9 @@ def _step(
     if current_floor is not None and target < current_floor:
         target = current_floor - 1  # at most one replica down per interval
     target = _clamp(target, *bounds)
-    return dataclasses.replace(role, replicas=target, max_replicas=max(role.max_replicas, target))
+    return dataclasses.replace(
+        role, replicas=target, max_replicas=max(role.max_replicas, target), autoscale=role.autoscaled
+    )
 
 
 def replan(
@@ -143,12 +145,18 @@ def apply_floors(plan: Plan, record: ReplanStatus | None) -> Plan:
     prefill = plan.prefill
     if record.prefill_floor is not None:
         prefill = dataclasses.replace(
-            prefill, replicas=record.prefill_floor, max_replicas=max(prefill.max_replicas, record.prefill_floor)
+            prefill,
+            replicas=record.prefill_floor,
+            max_replicas=max(prefill.max_replicas, record.prefill_floor),
+            autoscale=prefill.autoscaled,
         )
     decode = plan.decode
     if decode is not None and record.decode_floor is not None:
         decode = dataclasses.replace(
-            decode, replicas=record.decode_floor, max_replicas=max(decode.max_replicas, record.decode_floor)
+            decode,
+            replicas=record.decode_floor,
+            max_replicas=max(decode.max_replicas, record.decode_floor),
+            autoscale=decode.autoscaled,
         )
     threshold = record.disagg_threshold if record.disagg_threshold is not None else plan.disagg_threshold
     return dataclasses.replace(plan, prefill=prefill, decode=decode, disagg_threshold=threshold)
