@@ -164,3 +164,12 @@ def test_plan_for_spec_aggregated_and_errors() -> None:
         }
     )
     assert plan_for_spec(custom).source == "planner"
+
+
+def test_plan_for_spec_accepts_cluster_gpu_names() -> None:
+    """spec.accelerator.type goes through the catalog's one normaliser: a GPU Feature Discovery product
+    plans exactly as the catalog name does."""
+    catalog = plan_for_spec(_spec(accelerator={"type": "h100-sxm"}))
+    product = plan_for_spec(_spec(accelerator={"type": "NVIDIA-H100-80GB-HBM3"}))
+    assert product == catalog
+    assert plan_for_spec(_spec(accelerator={"type": "B200"})).predicted_ttft_ms is not None
