@@ -269,12 +269,20 @@ class BackendProfile:
     chunks ride decode steps first-come first-served, so clients drift apart), ``step`` (prompts
     prefilled in one step finish and return together) or ``wave`` (prefill-first scheduling pauses
     decode, so every client's request starts and ends together and each wave arrives at once)."""
+    moe_gemm_eta: float = 1.0
+    """Routed-expert (grouped) GEMMs vs a dense GEMM of the same precision on the same GPU: the engine's
+    MoE kernel class (Triton ``fused_moe`` in vLLM and SGLang, CUTLASS grouped GEMMs in TensorRT-LLM) run
+    many small per-expert problems (a few hundred tokens by a sliced intermediate), pad each expert's
+    tokens to the tile, and load block scales inside the K loop."""
 
 
 BACKEND_PROFILES: dict[str, BackendProfile] = {
-    "vllm": BackendProfile("vllm", 1.2, 1.3, 30.0, 8192, "none"),
-    "sglang": BackendProfile("sglang", 1.0, 1.2, 40.0, 8192, "wave"),
-    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 80.0, 8192, "none"),
+    # request_overhead_ms and moe_gemm_eta are the only fitted constants (disagg.planner.calibrate.fit on
+    # every measured row, `python bench/planner_accuracy.py --fit`; priors and bounds there); the rest are
+    # host-side figures of each engine.
+    "vllm": BackendProfile("vllm", 1.2, 1.3, 15.0, 8192, "none", moe_gemm_eta=0.4),
+    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3),
+    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 90.0, 8192, "none", moe_gemm_eta=0.85),
 }
 
 
