@@ -14,6 +14,7 @@ acceptance case (70B on H100, 4K prompts, 300 output tokens, 20 req/s, TTFT 1 s,
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,11 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
-from disagg.planner.calibrate import cross_validate, fit  # noqa: E402
+from disagg.planner.calibrate import cross_validate, error_bands, fit  # noqa: E402
 from disagg.planner.measured import accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
 from disagg.planner.search import Workload, plan  # noqa: E402
 
 DEFAULT_CSV = ROOT / "data" / "serving-measurements" / "measured-dev.csv"
+BANDS = ROOT / "operator" / "disagg" / "planner" / "data" / "error_bands.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worst", type=int, default=0, help="also list the N worst rows by TPOT error")
     parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation (about a minute)")
     parser.add_argument("--fit", action="store_true", help="print the backend constants fitted on every row")
+    parser.add_argument(
+        "--write-bands",
+        action="store_true",
+        help=f"write the cross-validated error bands `disagg plan` reports to {BANDS.relative_to(ROOT)}",
+    )
     args = parser.parse_args(argv)
     path = Path(args.csv)
     if not path.exists():
@@ -73,8 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"fitted {name:<7} request_overhead_ms={profile.request_overhead_ms:g} "
                 f"moe_gemm_eta={profile.moe_gemm_eta:g} ({fitted.rows[name]} rows)"
             )
+    if args.write_bands and args.no_cv:
+        parser.error("--write-bands needs the cross-validation")
     if not args.no_cv:
         cv = cross_validate(rows)
+        if args.write_bands:
+            BANDS.write_text(json.dumps(error_bands(comparisons, cv), indent=2) + "\n", encoding="utf-8")
+            print(f"wrote {BANDS.relative_to(ROOT)}")
         print()
         print("leave-one-group-out (fitted constants refitted without the held-out group):")
         print(

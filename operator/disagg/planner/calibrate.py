@@ -20,9 +20,11 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from disagg.planner.catalog import BACKEND_PROFILES, BackendProfile, get_backend, get_model
+from disagg.planner.catalog import BACKEND_PROFILES, BackendProfile, get_backend, get_gpu, get_model
 from disagg.planner.measured import Accuracy, Comparison, accuracy, compare_rows
+from disagg.planner.uncertainty import family
 
 PRIORS: dict[str, tuple[float, float]] = {
     # (request overhead ms, MoE grouped-GEMM efficiency). Front ends: vLLM's OpenAI server ~20-40 ms
@@ -145,6 +147,8 @@ class CrossValidation:
     pooled: Accuracy
     """Every row scored by the fold that held it out, once per grouping, pooled."""
     by_grouping: dict[str, Accuracy]
+    held_out: dict[str, list[Comparison]]
+    """Per grouping, every row as predicted by the fold that held it out."""
 
 
 def cross_validate(
@@ -169,4 +173,35 @@ def cross_validate(
             folds.append(HeldOut(grouping, group, accuracy(comps), fitted.profiles))
             pooled.extend(comps)
             per_grouping[grouping].extend(comps)
-    return CrossValidation(folds, accuracy(pooled), {g: accuracy(v) for g, v in per_grouping.items()})
+    return CrossValidation(
+        folds, accuracy(pooled), {g: accuracy(v) for g, v in per_grouping.items()}, dict(per_grouping)
+    )
+
+
+def error_bands(reference: Sequence[Comparison], cv: CrossValidation) -> dict[str, Any]:
+    """The content of ``data/error_bands.json`` (see disagg.planner.uncertainty): coverage of the measured
+    rows and, for dense and MoE models, the median errors in-sample, with the GPU held out and with the
+    model held out."""
+
+    def band(comps: Sequence[Comparison]) -> dict[str, float]:
+        acc = accuracy(list(comps))
+        return {"ttft": round(acc.ttft_median, 3), "tpot": round(acc.tpot_median, 3), "rows": acc.rows}
+
+    def moe(c: Comparison) -> bool:
+        return get_model(c.key[0]).is_moe
+
+    bands: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, want in (("dense", False), ("moe", True)):
+        bands[kind] = {
+            "in_sample": band([c for c in reference if moe(c) == want]),
+            "gpu_held_out": band([c for c in cv.held_out.get("gpu", []) if moe(c) == want]),
+            "model_held_out": band([c for c in cv.held_out.get("model", []) if moe(c) == want]),
+        }
+    gpus = sorted({c.key[1] for c in reference})
+    return {
+        "generated_by": "python bench/planner_accuracy.py --write-bands",
+        "measured_gpus": gpus,
+        "measured_generations": sorted({get_gpu(g).generation for g in gpus}),
+        "measured_families": sorted({family(get_model(c.key[0])) for c in reference}),
+        "bands": bands,
+    }

@@ -250,6 +250,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"runner-up: {result.runner_up.summary()}")
     cross = f"{result.crossover_isl} tokens" if result.crossover_isl is not None else "none within 128-16K tokens"
     print(f"crossover: disaggregation pays from {cross}")
+    if result.error_band is not None:
+        band = result.error_band
+        print(
+            f"error:     TTFT {c.ttft_ms:.0f} ms ±{band.ttft:.0%}, ITL {c.itl_ms:.1f} ms ±{band.itl:.0%} "
+            f"(cross-validated median error, {band.basis})"
+        )
+        if band.unmeasured:
+            print(f"           no measured rows for {' or '.join(band.unmeasured)}: extrapolated")
     print(f"planned in {result.elapsed_ms:.0f} ms")
     print()
     print(result.reason)
