@@ -93,8 +93,8 @@ def test_accuracy_on_measured_rows() -> None:
     assert acc.rows > 1100
     assert skipped < 60
     # Regression guards a little above the figures published in docs/planner.md.
-    assert acc.rows >= 1193  # the supported set may grow, never shrink
-    assert acc.tpot_median <= 0.15  # the goals; docs/planner.md publishes 11.8% / 23.6%
+    assert acc.rows >= 1200  # the supported set may grow, never shrink (attention-DP rows included)
+    assert acc.tpot_median <= 0.15  # the goals; docs/planner.md publishes 13.3% / 22.4%
     assert acc.ttft_median <= 0.25
     assert acc.tpot_within_20 > 0.6
 
