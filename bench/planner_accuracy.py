@@ -1,17 +1,20 @@
 """Accuracy of the analytical planner against measured serving runs, and how long a plan takes.
 
-    python bench/planner_accuracy.py [--csv PATH] [--worst N]
+    python bench/planner_accuracy.py [--csv PATH] [--worst N] [--no-cv] [--fit]
 
 Prints the median absolute percentage error of TTFT and TPOT over every measured-dev.csv row the
 estimator supports (``mode=agg``: one engine, C closed-loop clients), overall and per
-(model, GPU, backend), the share of rows within 20%, and the latency of ``disagg plan`` for the
+(model, GPU, backend), the share of rows within 20%, then the same figures under leave-one-group-out
+cross-validation (each GPU, each model and each backend held out in turn; the fitted backend constants
+of disagg/planner/calibrate.py refitted without it), and the latency of ``disagg plan`` for the
 acceptance case (70B on H100, 4K prompts, 300 output tokens, 20 req/s, TTFT 1 s, ITL 50 ms).
-Nothing is fitted here: the estimator's constants live in disagg/planner/catalog.py.
+``--fit`` prints the backend constants fitted on every row (what catalog.py ships).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,26 +22,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
+from disagg.planner.calibrate import cross_validate, error_bands, fit  # noqa: E402
 from disagg.planner.measured import accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
 from disagg.planner.search import Workload, plan  # noqa: E402
 
 DEFAULT_CSV = ROOT / "data" / "serving-measurements" / "measured-dev.csv"
+BANDS = ROOT / "operator" / "disagg" / "planner" / "data" / "error_bands.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", default=str(DEFAULT_CSV), help="measured runs (aiconfigurator silicon format)")
     parser.add_argument("--worst", type=int, default=0, help="also list the N worst rows by TPOT error")
+    parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation (about a minute)")
+    parser.add_argument("--fit", action="store_true", help="print the backend constants fitted on every row")
+    parser.add_argument(
+        "--write-bands",
+        action="store_true",
+        help=f"write the cross-validated error bands `disagg plan` reports to {BANDS.relative_to(ROOT)}",
+    )
     args = parser.parse_args(argv)
     path = Path(args.csv)
     if not path.exists():
         print(f"planner_accuracy: {path} not found (pass --csv)", file=sys.stderr)
         return 1
 
-    comparisons, skipped = compare_rows(read_rows(path))
+    rows = list(read_rows(path))
+    comparisons, skipped = compare_rows(rows)
     overall = accuracy(comparisons)
     print(
-        f"rows replayed: {overall.rows} (skipped {skipped}: disagg rows, attention-DP, multi-node TP, no concurrency)"
+        f"rows replayed: {overall.rows} of {len(rows)} (skipped {skipped}: disagg rows, multi-node TP, no concurrency)"
     )
     print(
         f"overall  TTFT median |err| {overall.ttft_median:6.1%}  within 20%: {overall.ttft_within_20:5.1%}   "
@@ -58,6 +71,45 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c.row_id[:70]:<72} ttft {c.measured_ttft_ms:8.1f}/{c.predicted_ttft_ms:8.1f}  "
                 f"tpot {c.measured_tpot_ms:7.2f}/{c.predicted_tpot_ms:7.2f}"
             )
+
+    if args.fit:
+        fitted = fit(rows)
+        print()
+        for name, profile in fitted.profiles.items():
+            print(
+                f"fitted {name:<7} request_overhead_ms={profile.request_overhead_ms:g} "
+                f"moe_gemm_eta={profile.moe_gemm_eta:g} ({fitted.rows[name]} rows)"
+            )
+    if args.write_bands and args.no_cv:
+        parser.error("--write-bands needs the cross-validation")
+    if not args.no_cv:
+        cv = cross_validate(rows)
+        if args.write_bands:
+            BANDS.write_text(json.dumps(error_bands(comparisons, cv), indent=2) + "\n", encoding="utf-8")
+            print(f"wrote {BANDS.relative_to(ROOT)}")
+        print()
+        print("leave-one-group-out (fitted constants refitted without the held-out group):")
+        print(
+            f"{'held out':<26}{'rows':>5}{'TTFT med':>10}{'<=20%':>7}{'TPOT med':>10}{'<=20%':>7}   "
+            "fitted overhead ms / MoE eta (vllm, sglang, trtllm)"
+        )
+        for fold in cv.folds:
+            acc = fold.accuracy
+            consts = ", ".join(f"{p.request_overhead_ms:g}/{p.moe_gemm_eta:g}" for p in fold.profiles.values())
+            print(
+                f"{fold.grouping + ' ' + fold.group:<26}{acc.rows:>5}{acc.ttft_median:>10.1%}{acc.ttft_within_20:>7.0%}"
+                f"{acc.tpot_median:>10.1%}{acc.tpot_within_20:>7.0%}   {consts}"
+            )
+        for grouping, acc in cv.by_grouping.items():
+            print(
+                f"LOGO by {grouping:<8} TTFT median |err| {acc.ttft_median:6.1%}   "
+                f"TPOT median |err| {acc.tpot_median:6.1%}   ({acc.rows} rows)"
+            )
+        print(
+            f"LOGO pooled   TTFT median |err| {cv.pooled.ttft_median:6.1%}   "
+            f"TPOT median |err| {cv.pooled.tpot_median:6.1%}   "
+            f"(all-rows, in-sample: {overall.ttft_median:.1%} / {overall.tpot_median:.1%})"
+        )
 
     workload = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)
     plan("llama-3.1-70b", "h100-sxm", workload)  # warm caches (preset JSON) before timing

@@ -12,6 +12,9 @@ from disagg.planner.catalog import (
     get_backend,
     get_gpu,
     get_model,
+    gpu_for_products,
+    gpu_from_node_labels,
+    gpu_key,
     load_model_config,
     model_from_config,
     normalise_dtype,
@@ -160,27 +163,88 @@ def test_dtype_and_backend_names() -> None:
 @pytest.mark.parametrize(
     ("spelling", "gpu"),
     [
+        # catalog names and how users type them
+        ("h100-sxm", "h100-sxm"),
+        ("h100_sxm", "h100-sxm"),
+        ("H100_SXM", "h100-sxm"),
+        ("H100", "h100-sxm"),
+        ("h100-sxm5", "h100-sxm"),
+        ("nvidia-h100", "h100-sxm"),
+        ("h200_sxm", "h200-sxm"),
+        ("H200", "h200-sxm"),
         ("b200_sxm", "b200"),
         ("B200", "b200"),
         ("nvidia-b200", "b200"),
-        ("NVIDIA-B200", "b200"),  # GPU Feature Discovery's nvidia.com/gpu.product
         ("b300_sxm", "b300"),
-        ("NVIDIA-B300-SXM6-AC", "b300"),
+        ("B300", "b300"),
+        ("gb200", "gb200"),
+        ("GB200_NVL72", "gb200"),
+        ("gb300-nvl72", "gb300"),
+        ("a100", "a100-80g"),
+        ("a100_sxm", "a100-80g"),
+        ("l40s", "l40s"),
+        ("  L40S ", "l40s"),
+        # GPU Feature Discovery's nvidia.com/gpu.product values
         ("NVIDIA-H100-80GB-HBM3", "h100-sxm"),
-        ("h100_sxm", "h100-sxm"),
+        ("NVIDIA-H100-80GB-HBM3-SHARED", "h100-sxm"),  # time-slicing / MPS suffix
         ("NVIDIA-H200", "h200-sxm"),
         ("NVIDIA-H200-141GB-HBM3e", "h200-sxm"),
-        ("NVIDIA-A100-SXM4-80GB", "a100-80g"),
+        ("NVIDIA-B200", "b200"),
+        ("NVIDIA-B300-SXM6-AC", "b300"),
+        ("NVIDIA-B300", "b300"),
         ("NVIDIA-GB200", "gb200"),
+        ("NVIDIA-GB300", "gb300"),
+        ("NVIDIA-A100-SXM4-80GB", "a100-80g"),
+        ("NVIDIA-A100-80GB", "a100-80g"),
         ("NVIDIA-L40S", "l40s"),
+        ("Tesla-A100-SXM4-80GB", "a100-80g"),
     ],
 )
 def test_gpu_names_as_users_and_clusters_spell_them(spelling: str, gpu: str) -> None:
+    assert gpu_key(spelling) == gpu
     assert get_gpu(spelling).name == gpu
 
 
-@pytest.mark.parametrize("spelling", ["NVIDIA-H100-PCIe", "NVIDIA-H100-NVL", "NVIDIA-A100-SXM4-40GB", "mi300x"])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "NVIDIA-H100-PCIe",
+        "NVIDIA-H100-NVL",
+        "NVIDIA-H200-NVL",
+        "NVIDIA-A100-SXM4-40GB",
+        "NVIDIA-A100-80GB-PCIe",
+        "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb",
+        "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb",
+        "mi300x",
+        "b100",
+        "",
+    ],
+)
 def test_variants_the_catalog_does_not_hold_are_never_guessed(spelling: str) -> None:
     """A PCIe H100 has 2 TB/s and no NVLink: planning it as the SXM part would mislead."""
+    assert gpu_key(spelling) is None
     with pytest.raises(PlanningError, match="unknown GPU"):
         get_gpu(spelling)
+
+
+def test_gpu_from_node_labels() -> None:
+    assert gpu_from_node_labels({"nvidia.com/gpu.product": "NVIDIA-B200", "nvidia.com/gpu.count": "8"}) == "b200"
+    assert gpu_from_node_labels({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}) == "h100-sxm"
+    assert gpu_from_node_labels({"nvidia.com/gpu.product": "NVIDIA-H100-PCIe"}) is None
+    assert gpu_from_node_labels({"kubernetes.io/hostname": "cpu-node"}) is None
+    assert gpu_from_node_labels({"nvidia.com/gpu.product": ""}) is None
+
+
+def test_gpu_for_products_resolves_one_gpu() -> None:
+    products = ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-80GB-HBM3-SHARED", "NVIDIA-H100-80GB-HBM3"]
+    assert gpu_for_products(products) == "h100-sxm"
+    assert gpu_for_products(iter(["NVIDIA-B300-SXM6-AC"])) == "b300"
+
+
+def test_gpu_for_products_rejects_mixed_unknown_and_empty() -> None:
+    with pytest.raises(PlanningError, match=r"mixed GPU products: b200 \(NVIDIA-B200\); h200-sxm \(NVIDIA-H200\)"):
+        gpu_for_products(["NVIDIA-H200", "NVIDIA-B200"])
+    with pytest.raises(PlanningError, match="NVIDIA-H100-PCIe not in the planner catalog"):
+        gpu_for_products(["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"])
+    with pytest.raises(PlanningError, match="no GPU product"):
+        gpu_for_products([])

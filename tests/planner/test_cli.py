@@ -159,3 +159,24 @@ def test_simulate_draws_the_crossover_chart(capsys: pytest.CaptureFixture[str], 
     png = chart.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 10_000  # two panels with lines and legends, not an empty canvas
+
+
+@pytest.mark.parametrize(
+    ("flags", "parallelism", "inferred"),
+    [
+        (["--tp", "1", "--dp", "8", "--ep", "8"], {"tp": 1, "dp": 8, "pp": 1, "ep": 8}, False),
+        (["--tp", "1", "--ep", "8"], {"tp": 1, "dp": 8, "pp": 1, "ep": 8}, True),  # EP = TP x DP
+        (["--tp", "2", "--moe-tp", "4"], {"tp": 2, "dp": 2, "pp": 1, "ep": 1}, True),
+        (["--tp", "8", "--ep", "8"], {"tp": 8, "dp": 1, "pp": 1, "ep": 8}, False),
+    ],
+)
+def test_estimate_attention_dp(
+    capsys: pytest.CaptureFixture[str], flags: list[str], parallelism: dict[str, int], inferred: bool
+) -> None:
+    base = ["estimate", "--model", "qwen3-235b-a22b", "--gpu", "b200_sxm", "--weights", "fp8", "--json"]
+    data = json.loads(run([*base, *flags, "--concurrency", "32", "--isl", "2000", "--osl", "500"], capsys))
+    assert data["parallelism"] == parallelism
+    assert data["dp_inferred"] is inferred
+    assert data["gpus"] == parallelism["tp"] * parallelism["dp"]
+    assert data["ttft_ms"] > data["prefill_ms"] > 0
+    assert data["tpot_ms"] > 0

@@ -75,6 +75,35 @@ def test_pipeline_and_expert_parallel() -> None:
         engine(tp=2, ep=4)
 
 
+def test_attention_data_parallelism() -> None:
+    """TP1 x DP8 with EP8: non-expert weights replicated per rank, experts spread over all eight GPUs,
+    each rank its own KV cache; the busiest rank and the all-ranks expert pass set the step."""
+    dp = engine("qwen3-235b-a22b", tp=1, ep=8, weights="fp8", dp=8)
+    tp = engine("qwen3-235b-a22b", tp=8, ep=8, weights="fp8")
+    assert dp.gpus == tp.gpus == 8
+    assert dp.describe().endswith("(TP1 DP8 EP8, vllm)")
+    # Attention weights are whole on every rank: more bytes per GPU than under TP8, less KV room.
+    assert dp.weight_bytes_per_gpu > tp.weight_bytes_per_gpu
+    m = dp.model
+    replicated = m.layers * m.attention_params * (1 + 1 / 128)  # fp8 attention projections + block scales
+    replicated += (m.moe_layers * m.hidden * m.experts + 2 * m.embedding_params) * 2.0  # router, embeddings (bf16)
+    assert dp.weight_bytes_per_gpu - tp.weight_bytes_per_gpu == pytest.approx(replicated * (1 - 1 / 8), rel=1e-6)
+    # GQA with 4 KV heads: TP8 replicates KV over pairs of ranks, DP8 stores each sequence once.
+    assert dp.max_batch(4096) > 0
+    assert dp.max_batch(4096) % 8 == 0
+    # A decode step of 64 sequences: each rank attends over 8 of them.
+    assert dp.decode_step_time(64, 2048) > 0
+    assert dp.decode_step_time(64, 2048) < dp.decode_step_time(512, 2048)
+    # One prompt prefills on one rank (1 GPU of attention), so it is slower than under TP8 ...
+    assert dp.prefill_time(4096) > tp.prefill_time(4096)
+    # ... but eight prompts prefill side by side.
+    assert dp.prefill_time(4096, batch=8) < 8 * dp.prefill_time(4096)
+    with pytest.raises(PlanningError, match="--dp"):
+        engine("qwen3-235b-a22b", tp=1, ep=8, weights="fp8")
+    with pytest.raises(PlanningError, match="needs an MoE model"):
+        engine(tp=1, dp=2)
+
+
 def test_capacity_and_fit() -> None:
     assert not engine("llama-3.1-405b", "l40s", tp=8).fits(4096)
     assert engine(tp=4, weights="fp8").fits(4096)
@@ -100,12 +129,12 @@ def test_prefill_skips_the_lm_head() -> None:
 
 def test_elementwise_traffic_does_not_shrink_with_tp() -> None:
     # The residual/norm passes run on the full hidden state on every rank: more TP, smaller share saved.
-    r1 = engine("qwen3-32b", tp=1)._activation_rate
-    r8 = engine("qwen3-32b", tp=8)._activation_rate
+    r1 = engine("qwen3-32b", tp=1)._activation_rate[0]
+    r8 = engine("qwen3-32b", tp=8)._activation_rate[0]
     assert r1 / 8 < r8 < r1
     moe = engine("qwen3-235b-a22b", tp=8, weights="fp8")
     dense = engine("qwen3-32b", tp=8)
-    assert moe._activation_rate > dense._activation_rate  # top-8 expert permutation traffic
+    assert sum(moe._activation_rate) > sum(dense._activation_rate)  # top-8 expert permutation traffic
 
 
 def test_moe_layers_add_router_kernels_to_the_floor() -> None:

@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from disagg.api.spec import DisaggregatedModelSpec
-from disagg.planner.catalog import PlanningError
+from disagg.planner.catalog import PlanningError, get_gpu, get_model
 from disagg.planner.queueing import erlang_c, md1_mean_wait, md1_wait_percentile, mdc_wait_percentile
 from disagg.planner.search import Fabric, Workload, plan, plan_for_spec
+from disagg.planner.uncertainty import error_band
 from tests.planner import LLAMA_8B_SHAPE
 
 CASE = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)
@@ -155,3 +156,35 @@ def test_plan_for_spec_aggregated_and_errors() -> None:
         }
     )
     assert plan_for_spec(custom).source == "planner"
+
+
+def test_plan_for_spec_accepts_cluster_gpu_names() -> None:
+    """spec.accelerator.type goes through the catalog's one normaliser: a GPU Feature Discovery product
+    plans exactly as the catalog name does."""
+    catalog = plan_for_spec(_spec(accelerator={"type": "h100-sxm"}))
+    product = plan_for_spec(_spec(accelerator={"type": "NVIDIA-H100-80GB-HBM3"}))
+    assert product == catalog
+    assert plan_for_spec(_spec(accelerator={"type": "B200"})).predicted_ttft_ms is not None
+
+
+def test_plans_state_their_cross_validated_error_and_coverage() -> None:
+    wl = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)
+    seen = plan("llama-3.1-70b", "h100-sxm", wl, crossover=False)
+    assert seen.error_band is not None
+    assert seen.error_band.unmeasured == ()
+    assert "in-sample" in seen.error_band.basis
+    assert "Expected error: about" in seen.reason
+    assert "No measured rows" not in seen.reason
+    new_gpu = plan("llama-3.1-70b", "B200", wl, crossover=False)
+    assert new_gpu.error_band is not None
+    assert new_gpu.error_band.unmeasured == ("GPU b200, blackwell generation",)
+    assert "held-out GPU" in new_gpu.error_band.basis
+    assert "No measured rows for GPU b200" in new_gpu.reason
+    assert new_gpu.as_dict()["error_band"]["ttft"] == new_gpu.error_band.ttft > 0
+    # A model family without measured rows (DeepSeek-V3: MLA + MoE) on a measured GPU.
+    ds = error_band(get_model("deepseek-v3"), get_gpu("h200-sxm"))
+    assert ds.unmeasured == ("model family 'deepseek_v3'",)
+    assert "held-out moe model" in ds.basis
+    both = error_band(get_model("deepseek-v3"), get_gpu("b300"))
+    assert len(both.unmeasured) == 2
+    assert both.ttft >= ds.ttft

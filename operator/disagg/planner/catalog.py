@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -148,12 +149,29 @@ _GPU_ALIASES = {"a100": "a100-80g", "a100-sxm": "a100-80g", "h100": "h100-sxm", 
 
 _PRODUCT = re.compile(
     r"^(?:nvidia-)?(?:tesla-)?(?P<family>a100|h100|h200|gb200|gb300|b200|b300|l40s)"
-    r"(?P<rest>(?:-[a-z0-9]+)*)$"
+    r"(?P<rest>(?:-[a-z0-9.]+)*)$"
 )
 """A GPU as users and clusters spell it: ``b200_sxm``, ``B200``, ``nvidia-b200`` and GPU Feature
 Discovery's ``nvidia.com/gpu.product`` values (``NVIDIA-H100-80GB-HBM3``, ``NVIDIA-B200``)."""
-_NOT_THE_SXM_PART = ("pcie", "nvl", "40gb", "94gb", "-mig-")
-"""Variants with other memory, bandwidth or interconnect than the catalog entry: never guessed."""
+_NOT_THE_SXM_PART: dict[str, tuple[str, ...]] = {
+    # H100 PCIe (2.0 TB/s, no NVLink switch), H100 NVL (94 GB, PCIe card with a 3-card bridge), H200 NVL
+    # (PCIe card, 2- or 4-way bridge), A100 40 GB and the PCIe A100: other memory, bandwidth or interconnect
+    # than the catalog entry, so never guessed. A MIG slice is a fraction of a GPU. GB200/GB300 "NVL72" is
+    # the rack's own name, not a PCIe variant, so it stays accepted there.
+    "a100": ("pcie", "40gb", "-mig-"),
+    "h100": ("pcie", "nvl", "94gb", "-mig-"),
+    "h200": ("pcie", "nvl", "-mig-"),
+    "b200": ("-mig-",),
+    "b300": ("-mig-",),
+    "gb200": ("-mig-",),
+    "gb300": ("-mig-",),
+    "l40s": (),
+}
+_SHARED_SUFFIX = "-shared"
+"""GPU Feature Discovery appends ``-SHARED`` to the product when time-slicing or MPS shares each GPU."""
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+"""The node label GPU Feature Discovery sets to the GPU's product name (``NVIDIA-H100-80GB-HBM3``)."""
 
 
 def _norm(name: str) -> str:
@@ -161,16 +179,26 @@ def _norm(name: str) -> str:
 
 
 def gpu_key(name: str) -> str | None:
-    """The catalog name a GPU spelling means, or None when it names no catalog GPU."""
+    """The catalog name a GPU spelling means, or None when it names no catalog GPU.
+
+    Accepts catalog names and their ``_`` / upper-case forms (``h100_sxm``, ``H100-SXM``), bare families
+    (``h100``, ``B200``), vendor-prefixed names (``nvidia-b200``) and GPU Feature Discovery products
+    (``NVIDIA-H100-80GB-HBM3``, ``NVIDIA-B300-SXM6-AC``, ``NVIDIA-GB200``). Variants whose memory,
+    bandwidth or interconnect differ from the catalog entry (PCIe and NVL cards, 40 GB A100, MIG slices)
+    give None rather than a wrong guess."""
     key = _norm(name)
+    if key.endswith(_SHARED_SUFFIX):
+        key = key[: -len(_SHARED_SUFFIX)]
     key = _GPU_ALIASES.get(key, key)
     if key in GPUS:
         return key
     match = _PRODUCT.match(key)
-    if match is None or any(part in f"{key}-" for part in _NOT_THE_SXM_PART):
+    if match is None:
         return None
-    family = match.group("family")
-    if family == "a100" and "80gb" not in match.group("rest") and match.group("rest") not in ("", "-sxm", "-sxm4"):
+    family, rest = match.group("family"), match.group("rest")
+    if any(part in f"{rest}-" for part in _NOT_THE_SXM_PART[family]):
+        return None
+    if family == "a100" and "80gb" not in rest and rest not in ("", "-sxm", "-sxm4"):
         return None
     return _GPU_ALIASES.get(family, family)
 
@@ -183,6 +211,44 @@ def get_gpu(name: str) -> GPU:
             f"unknown GPU {name!r}; known: {', '.join(GPUS)} (also as GPU Feature Discovery names them)"
         )
     return GPUS[key]
+
+
+def gpu_from_node_labels(labels: Mapping[str, str]) -> str | None:
+    """The catalog GPU of a node from its labels (GPU Feature Discovery's ``nvidia.com/gpu.product``), or
+    None when the node has no such label or its product is not in the catalog. Pure: the caller reads the
+    labels from the cluster."""
+    product = labels.get(GPU_PRODUCT_LABEL)
+    if not product:
+        return None
+    return gpu_key(product)
+
+
+def gpu_for_products(products: Iterable[str]) -> str:
+    """The one catalog GPU a set of GPU products (e.g. the ``nvidia.com/gpu.product`` values of the nodes
+    a model may land on) stands for. Raises PlanningError when the set is empty, a product is not in the
+    catalog, or the products are different GPUs: an engine's step runs at its slowest rank, so a plan for
+    mixed GPUs would be wrong for all of them."""
+    seen: dict[str, set[str]] = {}
+    unknown: list[str] = []
+    for product in products:
+        key = gpu_key(product)
+        if key is None:
+            unknown.append(product)
+        else:
+            seen.setdefault(key, set()).add(product)
+    if unknown:
+        raise PlanningError(
+            f"GPU product(s) {', '.join(sorted(set(unknown)))} not in the planner catalog; "
+            f"set spec.accelerator.type to one of {', '.join(GPUS)}"
+        )
+    if not seen:
+        raise PlanningError("no GPU product to plan for (no node carries nvidia.com/gpu.product)")
+    if len(seen) > 1:
+        mixed = "; ".join(f"{key} ({', '.join(sorted(names))})" for key, names in sorted(seen.items()))
+        raise PlanningError(
+            f"mixed GPU products: {mixed}; pin the model to one GPU type (spec.accelerator.type and a node selector)"
+        )
+    return next(iter(seen))
 
 
 @dataclass(frozen=True)
@@ -203,12 +269,20 @@ class BackendProfile:
     chunks ride decode steps first-come first-served, so clients drift apart), ``step`` (prompts
     prefilled in one step finish and return together) or ``wave`` (prefill-first scheduling pauses
     decode, so every client's request starts and ends together and each wave arrives at once)."""
+    moe_gemm_eta: float = 1.0
+    """Routed-expert (grouped) GEMMs vs a dense GEMM of the same precision on the same GPU: the engine's
+    MoE kernel class (Triton ``fused_moe`` in vLLM and SGLang, CUTLASS grouped GEMMs in TensorRT-LLM) run
+    many small per-expert problems (a few hundred tokens by a sliced intermediate), pad each expert's
+    tokens to the tile, and load block scales inside the K loop."""
 
 
 BACKEND_PROFILES: dict[str, BackendProfile] = {
-    "vllm": BackendProfile("vllm", 1.2, 1.3, 30.0, 8192, "none"),
-    "sglang": BackendProfile("sglang", 1.0, 1.2, 40.0, 8192, "wave"),
-    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 80.0, 8192, "none"),
+    # request_overhead_ms and moe_gemm_eta are the only fitted constants (disagg.planner.calibrate.fit on
+    # every measured row, `python bench/planner_accuracy.py --fit`; priors and bounds there); the rest are
+    # host-side figures of each engine.
+    "vllm": BackendProfile("vllm", 1.2, 1.3, 15.0, 8192, "none", moe_gemm_eta=0.4),
+    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3),
+    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 90.0, 8192, "none", moe_gemm_eta=0.85),
 }
 
 

@@ -97,7 +97,21 @@ def add_subcommands(subparsers: Any) -> None:
     _common(est)
     est.add_argument("--tp", type=_positive_int, default=1, help="tensor parallelism")
     est.add_argument("--pp", type=_positive_int, default=1, help="pipeline parallelism")
-    est.add_argument("--ep", type=_positive_int, default=1, help="expert parallelism (MoE)")
+    est.add_argument(
+        "--ep", type=_positive_int, default=1, help="expert parallelism (MoE): ranks holding whole experts"
+    )
+    est.add_argument(
+        "--dp",
+        type=_positive_int,
+        help="attention data parallelism (MoE): ranks of --tp GPUs, each with its own sequences and KV cache, "
+        "sharing the experts (EP = TP x DP). Default: 1, or (moe-tp x ep) / tp when that exceeds tp",
+    )
+    est.add_argument(
+        "--moe-tp",
+        type=_positive_int,
+        help="MoE tensor parallelism (GPUs each expert is split over); with --ep it gives the MoE group "
+        "moe-tp x ep = tp x dp",
+    )
     est.add_argument("--concurrency", type=_positive_int, default=1, help="closed-loop clients")
     est.add_argument(
         "--waves",
@@ -122,9 +136,28 @@ def add_subcommands(subparsers: Any) -> None:
     sim.set_defaults(func=cmd_simulate)
 
 
+def attention_dp(tp: int, ep: int, dp: int | None, moe_tp: int | None) -> tuple[int, bool]:
+    """(attention DP size, whether it was inferred). An MoE layer spreads its experts over ``moe_tp x ep``
+    GPUs, which is ``tp x dp``: without an explicit ``dp``, a larger MoE group than ``tp`` means attention
+    data parallelism (``--tp 1 --ep 16`` is TP1 x DP16 with EP16, as engines run wide-EP)."""
+    if dp is not None:
+        if moe_tp is not None and moe_tp * ep != tp * dp:
+            raise PlanningError(f"moe-tp x ep ({moe_tp} x {ep}) must equal tp x dp ({tp} x {dp})")
+        return dp, False
+    group = (moe_tp or 1) * ep
+    if group <= tp:
+        if moe_tp is not None and group != tp:
+            raise PlanningError(f"moe-tp x ep ({moe_tp} x {ep}) must equal tp x dp ({tp} x 1)")
+        return 1, False
+    if group % tp:
+        raise PlanningError(f"moe-tp x ep ({group}) must be a multiple of tp ({tp}) (it is tp x dp)")
+    return group // tp, True
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
     model = _model(args)
     weights, kv = _weights(args, model)
+    dp, inferred = attention_dp(args.tp, args.ep, args.dp, args.moe_tp) if model.is_moe else (args.dp or 1, False)
     engine = Engine(
         model,
         get_gpu(args.gpu),
@@ -132,6 +165,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         tp=args.tp,
         pp=args.pp,
         ep=args.ep,
+        dp=dp,
         weights=weights,
         kv_dtype=kv,
     )
@@ -139,9 +173,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise PlanningError("--waves must be >= 0")
     est = estimate_closed_loop(engine, args.concurrency, args.isl, args.osl, waves=args.waves)
     if args.json:
-        print(json.dumps(est.as_dict(), indent=2))
+        out = est.as_dict()
+        out["parallelism"] = {"tp": engine.tp, "dp": engine.dp, "pp": engine.pp, "ep": engine.ep}
+        out["dp_inferred"] = inferred
+        print(json.dumps(out, indent=2))
         return 0
-    print(f"{est.engine}, {args.concurrency} closed-loop clients, {args.isl} in / {args.osl} out tokens")
+    note = f" (attention DP {dp} inferred from EP {args.ep} over TP {args.tp})" if inferred else ""
+    print(f"{est.engine}{note}, {args.concurrency} closed-loop clients, {args.isl} in / {args.osl} out tokens")
     print(
         f"  TTFT {est.ttft_ms:9.1f} ms   (prefill alone {est.prefill_ms:.1f} ms, "
         f"prefill share of steps {est.prefill_share:.0%})"
@@ -212,6 +250,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"runner-up: {result.runner_up.summary()}")
     cross = f"{result.crossover_isl} tokens" if result.crossover_isl is not None else "none within 128-16K tokens"
     print(f"crossover: disaggregation pays from {cross}")
+    if result.error_band is not None:
+        band = result.error_band
+        print(
+            f"error:     TTFT {c.ttft_ms:.0f} ms ±{band.ttft:.0%}, ITL {c.itl_ms:.1f} ms ±{band.itl:.0%} "
+            f"(cross-validated median error, {band.basis})"
+        )
+        if band.unmeasured:
+            print(f"           no measured rows for {' or '.join(band.unmeasured)}: extrapolated")
     print(f"planned in {result.elapsed_ms:.0f} ms")
     print()
     print(result.reason)

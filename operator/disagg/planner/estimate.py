@@ -17,6 +17,7 @@ A damped fixed-point iteration converges in a few dozen rounds (microseconds of 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,7 +52,10 @@ class ClosedLoopEstimate:
 
 def _burst_ttft(engine: Engine, clients: int, isl: int, cached: int, mean_ctx: float) -> float:
     """Mean time to first token when ``clients`` prompts arrive at once (a benchmark's first wave):
-    prompts are prefilled first-come first-served in chunk-budget steps, finished ones start decoding."""
+    prompts are prefilled first-come first-served in chunk-budget steps, finished ones start decoding.
+    Under attention DP each rank takes its share of the prompts and the ranks prefill side by side."""
+    ranks = max(1, min(engine.dp, clients))
+    clients = math.ceil(clients / ranks)
     chunks = engine.prefill_chunks(isl, cached)
     per_prompt = sum(t for t, _ in chunks)
     pairs_per_prompt = sum(p for _, p in chunks)
@@ -64,7 +68,7 @@ def _burst_ttft(engine: Engine, clients: int, isl: int, cached: int, mean_ctx: f
     while finished < clients and done_tokens < total_tokens:
         step = min(budget, total_tokens - done_tokens)
         pairs = pairs_per_prompt * step / max(per_prompt, 1)
-        clock += engine.decode_step_time(finished, mean_ctx, step, pairs)
+        clock += engine.decode_step_time(finished * ranks, mean_ctx, step, pairs, prefill_ranks=ranks)
         done_tokens += step
         now_finished = min(clients, int(done_tokens / max(per_prompt, 1) + 1e-9))
         total_ttft += (now_finished - finished) * clock
@@ -116,9 +120,12 @@ def estimate_closed_loop(
         mixed = [engine.decode_step_time(batch, mean_ctx, t, p) for t, p in chunks]
         extra = sum(mixed) - len(mixed) * t_dec  # what the group's chunks add to the steps they ride
         service = sum(mixed)
-        u = min(MAX_UTILISATION, x / group * extra)
-        new_tpot = t_dec / (1.0 - u)
-        wait = min(u * extra / (2.0 * (1.0 - u)), (concurrency / group - 1) * extra)
+        # Each attention-DP rank prefills its own prompts (x / dp of them); every rank waits for the
+        # slowest in a step, so decode is stretched whenever any rank carries a chunk.
+        u = min(MAX_UTILISATION, x / group / engine.dp * extra)
+        u_any = 1.0 - (1.0 - u) ** engine.dp
+        new_tpot = t_dec / (1.0 - min(MAX_UTILISATION, u_any))
+        wait = min(u * extra / (2.0 * (1.0 - u)), max(0.0, concurrency / group / engine.dp - 1) * extra)
         new_ttft = overhead + 0.5 * t_dec + wait + service
         # Sequence slots: at most `slots` requests are inside the engine; the rest queue outside.
         x_slots = slots / (service + osl * new_tpot)

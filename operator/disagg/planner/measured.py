@@ -1,8 +1,14 @@
 """Replaying measured serving runs (aiconfigurator's silicon CSV format) through the estimator.
 
 Only ``mode=agg`` rows (one engine, C closed-loop clients) are replayed; rows the estimator cannot
-express (attention data parallelism, tensor parallelism beyond one scale-up domain, unknown models
-or GPUs, missing concurrency) are reported as unsupported rather than forced.
+express (tensor parallelism beyond one scale-up domain, unknown models or GPUs, missing concurrency)
+are reported as unsupported rather than forced.
+
+Parallelism columns: ``tp_size`` is the attention TP of one rank, ``attention_dp_size`` the attention
+data-parallel ranks, and ``moe_tp_size x moe_ep_size`` the GPUs an MoE layer spreads its experts over,
+which is ``tp x dp``. Some harnesses leave ``attention_dp_size`` empty and record only the MoE split
+(vLLM ``--data-parallel-size 2`` at TP1: ``tp_size 1, moe_tp_size 2``); the DP size is then
+``moe_tp x moe_ep / tp``.
 """
 
 from __future__ import annotations
@@ -10,11 +16,11 @@ from __future__ import annotations
 import csv
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from disagg.planner.catalog import PlanningError, get_backend, get_gpu, get_model, normalise_dtype
+from disagg.planner.catalog import BackendProfile, PlanningError, get_backend, get_gpu, get_model, normalise_dtype
 from disagg.planner.costmodel import Engine
 from disagg.planner.estimate import estimate_closed_loop
 
@@ -53,36 +59,55 @@ def _int(value: str, default: int = 0) -> int:
         return default
 
 
-def engine_for_row(row: dict[str, str]) -> tuple[Engine, int, int, int]:
-    """(engine, concurrency, isl, osl) for one CSV row; PlanningError when unsupported."""
+def row_dp_ep(row: dict[str, str], tp: int) -> tuple[int, int]:
+    """(attention DP, expert parallelism) of an MoE row (see the module docstring)."""
+    dp = _int(row.get("attention_dp_size", "") or "1", 1) or 1
+    ep = max(1, _int(row.get("moe_ep_size", "") or "1", 1))
+    moe_gpus = max(1, _int(row.get("moe_tp_size", "") or "1", 1)) * ep
+    if dp == 1 and moe_gpus > tp:
+        if moe_gpus % tp:
+            raise PlanningError(f"moe_tp x moe_ep ({moe_gpus}) is not a multiple of tp ({tp})")
+        dp = moe_gpus // tp
+    return dp, ep
+
+
+def engine_for_row(
+    row: dict[str, str], backends: Mapping[str, BackendProfile] | None = None
+) -> tuple[Engine, int, int, int]:
+    """(engine, concurrency, isl, osl) for one CSV row; PlanningError when unsupported. ``backends``
+    overrides the catalog's backend constants (cross-validation fits them per fold)."""
     if row.get("mode") != "agg":
         raise PlanningError("only aggregated (single-engine) rows are replayed")
     concurrency = _int(row.get("batch_size", ""))
     if concurrency < 1:
         raise PlanningError("row has no concurrency")
-    if _int(row.get("attention_dp_size", "") or "1", 1) > 1:
-        raise PlanningError("attention data parallelism is not modelled")
     model = get_model(row["model_path"])
     gpu = get_gpu(row["system"])
     backend = get_backend(row["backend"])
+    if backends is not None:
+        backend = backends.get(backend.name, backend)
     quant = row.get("moe_quant_mode") if model.is_moe and row.get("moe_quant_mode") else row.get("gemm_quant_mode")
     weights = normalise_dtype(quant or row.get("precision") or "bf16")
-    tp = _int(row.get("tp_size", "1"), 1)
+    tp = _int(row.get("tp_size", "1"), 1) or 1
     pp = _int(row.get("pp_size", "1"), 1) or 1
-    ep = max(1, _int(row.get("moe_ep_size", "1"), 1)) if model.is_moe else 1
-    if tp > gpu.scaleup_domain:
+    dp, ep = row_dp_ep(row, tp) if model.is_moe else (1, 1)
+    if tp * dp > gpu.scaleup_domain:
         raise PlanningError("tensor parallelism across nodes is not modelled")
-    engine = Engine(model, gpu, backend, tp=tp, pp=pp, ep=ep, weights=weights, kv_dtype=default_kv_dtype(weights))
+    engine = Engine(
+        model, gpu, backend, tp=tp, pp=pp, ep=ep, dp=dp, weights=weights, kv_dtype=default_kv_dtype(weights)
+    )
     return engine, concurrency, _int(row["isl"]), _int(row["osl"])
 
 
-def compare_rows(rows: Iterable[dict[str, str]]) -> tuple[list[Comparison], int]:
+def compare_rows(
+    rows: Iterable[dict[str, str]], backends: Mapping[str, BackendProfile] | None = None
+) -> tuple[list[Comparison], int]:
     """Predictions for every supported row, and the number of rows skipped."""
     out: list[Comparison] = []
     skipped = 0
     for row in rows:
         try:
-            engine, c, isl, osl = engine_for_row(row)
+            engine, c, isl, osl = engine_for_row(row, backends)
             est = estimate_closed_loop(engine, c, isl, osl, waves=BENCHMARK_WAVES)
             measured_ttft, measured_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
         except (PlanningError, ValueError, KeyError):

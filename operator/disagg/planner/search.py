@@ -38,6 +38,7 @@ from disagg.planner.catalog import (
 from disagg.planner.costmodel import Engine
 from disagg.planner.plan import PLACEHOLDER_DISAGG_THRESHOLD, Plan, RolePlan
 from disagg.planner.queueing import mdc_wait_percentile, poisson_percentile
+from disagg.planner.uncertainty import ErrorBand, error_band
 
 ServingModeName = Literal["aggregated", "disaggregated"]
 MAX_REPLICAS = 4096
@@ -156,6 +157,8 @@ class PlanResult:
     throughput_tokens_per_s: float
     tokens_per_s_per_gpu: float
     usd_per_million_tokens: float
+    error_band: ErrorBand | None = None
+    """The cross-validated error of this kind of configuration, and what it rests on without measured rows."""
     shape: ModelShape | None = field(default=None, compare=False, repr=False)
 
     def engines(self, candidate: Candidate | None = None) -> tuple[Engine, Engine]:
@@ -624,6 +627,7 @@ def plan(
         throughput_tokens_per_s=rate_tokens,
         tokens_per_s_per_gpu=rate_tokens / chosen.gpus,
         usd_per_million_tokens=usd,
+        error_band=error_band(ctx.model, ctx.gpu),
         shape=ctx.model,
     )
     reason = _reason(ctx, result, why)
@@ -659,6 +663,8 @@ def _reason(ctx: _Ctx, r: PlanResult, why: str) -> str:
         parts.append("Within 128-16K-token prompts disaggregation does not pay for this model, rate and SLOs.")
     if not c.meets_slo:
         parts.append("The SLOs are NOT predicted to be met even at the largest search bound.")
+    if r.error_band is not None:
+        parts.append(r.error_band.sentence())
     return " ".join(parts)
 
 
