@@ -115,6 +115,9 @@ class MemoryCluster:
             self.pods, resource=resource, exclude_namespace=exclude_namespace, exclude_labels=exclude_labels
         )
 
+    def inventory_version(self) -> int | None:
+        return None  # tests change nodes and pods in place: always compute placement
+
     def bound_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         return [copy.deepcopy(p) for p in self.pods if holds_resources(p) and is_own(p, namespace, selector)]
 

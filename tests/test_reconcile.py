@@ -281,3 +281,50 @@ def test_pod_demands_carry_each_roles_selector_and_tolerations() -> None:
     for pod in decode:
         assert (pod.gpus, dict(pod.node_selector)) == (plan.decode.tensor_parallel, {})
         assert pod.tolerations == ({"key": "nvidia.com/gpu", "operator": "Exists"},)
+
+
+class VersionedCluster(MemoryCluster):
+    """An in-memory cluster that reports an inventory version, as the watch-fed caches do."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.version = 1
+        self.node_reads = 0
+
+    def inventory_version(self) -> int | None:
+        return self.version
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        self.node_reads += 1
+        return super().list_nodes()
+
+
+def test_placement_is_reused_while_the_inventory_is_unchanged() -> None:
+    from disagg.reconcile import PlacementClaims
+
+    cluster = VersionedCluster(
+        nodes=[_gpu_node(f"a{i}", "rack-a") for i in range(4)] + [_gpu_node(f"b{i}", "rack-b") for i in range(4)],
+        pods=[_busy_pod("a0"), _busy_pod("a1"), _busy_pod("a2")],
+    )
+    cluster.add_model(load(PACKED))
+    claims = PlacementClaims()
+
+    def run_with_claims() -> None:
+        body = cluster.get_model("default", "qwen3-32b")
+        assert body is not None
+        reconcile(body, cluster, OperatorSettings(), now=now, claims=claims)
+
+    run_with_claims()
+    run_with_claims()  # placed again: the status now names the domain it keeps (an input)
+    assert cluster.node_reads == 2
+    run_with_claims()
+    run_with_claims()
+    assert cluster.node_reads == 2, "same inventory, same inputs: the last placement is reused"
+    # rack-b fills up: the caches' version moves, and the model is placed again (still rack-b's pods
+    # are its own, so it stays)
+    cluster.pods += [_busy_pod("b3")]
+    cluster.version += 1
+    run_with_claims()
+    assert cluster.node_reads == 3
+    status = cluster.models[("default", "qwen3-32b")]["status"]
+    assert status["placement"][0]["domain"] == "rack-b"

@@ -148,6 +148,10 @@ class PlacementClaims:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._claims: dict[tuple[str, str], list[Claim]] = {}
+        self.memo: dict[tuple[str, str], tuple[str, Placement | None]] = {}
+        """Per model: the inputs of its last placement and the result. While the cluster's
+        inventory version and every input are unchanged, a pass reuses the result: a quiet
+        resync then costs the same at 14 nodes and at 5,000."""
 
     @contextlib.contextmanager
     def placing(self, key: tuple[str, str]) -> Iterator[tuple[list[Claim], Callable[[list[Claim]], None]]]:
@@ -163,6 +167,7 @@ class PlacementClaims:
     def release(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._claims.pop(key, None)
+            self.memo.pop(key, None)
 
 
 def _placement(
@@ -181,18 +186,28 @@ def _placement(
         return None
     demands = pod_demands(spec, plan)
     resource = spec.accelerator.resource_name
-    used = cluster.gpu_usage(resource, exclude_namespace=model.namespace, exclude_labels=model_labels(model, settings))
-    inventory = node_inventory(cluster.list_nodes(), used, resource=resource)
     ledger = claims or PlacementClaims()
-    with ledger.placing((model.namespace, model.name)) as (others, record):
-        claimants = [pod for claim in others for pod in cluster.bound_pods(claim.namespace, claim.model_labels)]
-        placement = place(
-            spec.topology,
-            pods=demands,
-            inventory=reserve(inventory, others, claimants, resource=resource),
-            settings=settings,
-            previous={p.level: p.domain for p in previous.placement},
-        )
+    key = (model.namespace, model.name)
+    earlier = {p.level: p.domain for p in previous.placement}
+    with ledger.placing(key) as (others, record):
+        version = cluster.inventory_version()
+        inputs = repr((version, spec.topology, demands, earlier, resource, others, at_zero))
+        memo = ledger.memo.get(key)
+        if version is not None and memo is not None and memo[0] == inputs:
+            placement = memo[1]
+        else:
+            labels = model_labels(model, settings)
+            used = cluster.gpu_usage(resource, exclude_namespace=model.namespace, exclude_labels=labels)
+            inventory = node_inventory(cluster.list_nodes(), used, resource=resource)
+            claimants = [pod for claim in others for pod in cluster.bound_pods(claim.namespace, claim.model_labels)]
+            placement = place(
+                spec.topology,
+                pods=demands,
+                inventory=reserve(inventory, others, claimants, resource=resource),
+                settings=settings,
+                previous=earlier,
+            )
+            ledger.memo[key] = (inputs, placement)
         decisions = placement.decisions if placement is not None and not at_zero else []  # asleep: no GPUs held
         record(
             [

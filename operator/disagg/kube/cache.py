@@ -169,14 +169,15 @@ class CachedCluster(KubeCluster):
             for kind in CHILD_KINDS
             for scope in scopes
         }
-        self.nodes = Informer(self, NODE_KIND, transform=slim_node)
+        self._inventory_version = 0
+        self.nodes = Informer(self, NODE_KIND, transform=slim_node, on_event=self._inventory_changed)
         prefixes = (f"{label_prefix}/", "app.kubernetes.io/")
         self.pods = Informer(
             self,
             POD_KIND,
             field_selector=BOUND_PODS,
             transform=lambda pod: slim_pod(pod, prefixes),
-            on_event=self.pod_index,
+            on_event=self._pod_event,
         )
         self._scopes = scopes
 
@@ -199,6 +200,16 @@ class CachedCluster(KubeCluster):
     def stop(self) -> None:
         for informer in self.informers:
             informer.stop()
+
+    def _inventory_changed(self, _event: str, _obj: dict[str, Any]) -> None:
+        self._inventory_version += 1  # (one writer per informer thread; readers only compare)
+
+    def _pod_event(self, event: str, pod: dict[str, Any]) -> None:
+        self.pod_index(event, pod)
+        self._inventory_changed(event, pod)
+
+    def inventory_version(self) -> int | None:
+        return self._inventory_version
 
     def _child_event(self, _event: str, obj: dict[str, Any]) -> None:
         owner = _owner(obj)

@@ -306,6 +306,9 @@ class KubeCluster:
         pods = self._list(POD_KIND, None, fieldSelector=BOUND_PODS)
         return gpu_usage(pods, resource=resource, exclude_namespace=exclude_namespace, exclude_labels=exclude_labels)
 
+    def inventory_version(self) -> int | None:
+        return None  # uncached: every read is fresh, nothing to compare
+
     def bound_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         return self._list(POD_KIND, namespace, labelSelector=selector_string(selector), fieldSelector=BOUND_PODS)
 

@@ -283,13 +283,24 @@ class Informer:
             kept = self._keep(obj)
             key = key_of(kept)
             with self._lock:
+                before = self._store.get(key)
                 if kind == "DELETED":
                     self._pop(key)
                 else:
                     self._put(key, kept)
+            if kind == "MODIFIED" and before is not None and _same_but_version(before, kept):
+                continue  # e.g. a node heartbeat: nothing this cache keeps changed
             self._emit(str(kind), kept)
             if self._stop.is_set():
                 return
+
+
+def _same_but_version(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    def without(obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+        return {**obj, "metadata": meta}
+
+    return without(a) == without(b)
 
 
 def _newer_or_equal(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
