@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.convergence import cpu_seconds  # noqa: E402  (CPU-seconds of the whole operator process)
 
 from e2e.harness import Kubectl, OperatorProcess, cluster_down, cluster_up, wait_for  # noqa: E402
 
@@ -144,12 +145,6 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def process_cpu(pid: int) -> float:
-    """CPU-seconds of the whole operator process (every thread: kopf, caches, workers)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def read_stats(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text()))
@@ -174,9 +169,9 @@ def measure(kubectl: Kubectl, operator: OperatorProcess, stats_file: Path, resyn
     assert operator.proc is not None
     pid = operator.proc.pid
     time.sleep(RESYNC + 2)  # echoes of the last writes settle
-    before, reads_before, cpu_before = read_stats(stats_file), apiserver_reads(kubectl), process_cpu(pid)
+    before, reads_before, cpu_before = read_stats(stats_file), apiserver_reads(kubectl), cpu_seconds(pid)
     time.sleep(resyncs * RESYNC + 1)
-    after, reads_after, cpu_after = read_stats(stats_file), apiserver_reads(kubectl), process_cpu(pid)
+    after, reads_after, cpu_after = read_stats(stats_file), apiserver_reads(kubectl), cpu_seconds(pid)
     per_kind: dict[str, list[float]] = {"rack": [], "free": []}
     passes = 0
     for key, (count, cpu) in after.get("passes", {}).items():

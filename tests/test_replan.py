@@ -137,24 +137,36 @@ class ReplanMetrics:
         return self.observed
 
 
-@pytest.mark.parametrize("interval_passed", [False, True])
-def test_reconcile_replans_once_per_interval(interval_passed: bool) -> None:
+def replanning_model(max_prefill: int = 12) -> MemoryCluster:
+    """The 70B sample with re-planning every 4 minutes and a prefill range of 1..max_prefill."""
     cluster = MemoryCluster()
     body = load(LLAMA)
     body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "4m"}}
-    body["spec"]["prefill"]["replicas"] = {"min": 1, "max": 12}
+    body["spec"]["prefill"]["replicas"] = {"min": 1, "max": max_prefill}
     body["spec"]["autoscaling"] = {"engine": "hpa", "prometheus": {"url": "http://127.0.0.1:9"}}
     cluster.add_model(body)
+    return cluster
+
+
+def reconcile_at(cluster: MemoryCluster, metrics: ReplanMetrics, when: str) -> dict[str, Any]:
+    """One pass at ``when``; the model's status afterwards."""
+    reconcile(
+        cluster.get_model("default", "llama-70b") or {},
+        cluster,
+        OperatorSettings(),
+        now=lambda: when,
+        metrics=lambda url: metrics,
+    )
+    return dict(cluster.models[("default", "llama-70b")]["status"])
+
+
+@pytest.mark.parametrize("interval_passed", [False, True])
+def test_reconcile_replans_once_per_interval(interval_passed: bool) -> None:
+    cluster = replanning_model()
     metrics = ReplanMetrics(ObservedWorkload(request_rate=25.0, input_tokens=4096, output_tokens=300))
 
     def run(when: str) -> None:
-        reconcile(
-            cluster.get_model("default", "llama-70b") or {},
-            cluster,
-            OperatorSettings(),
-            now=lambda: when,
-            metrics=lambda url: metrics,
-        )
+        reconcile_at(cluster, metrics, when)
 
     run("2026-11-28T01:00:00Z")
     status = cluster.models[("default", "llama-70b")]["status"]
@@ -174,23 +186,11 @@ def test_reconcile_replans_once_per_interval(interval_passed: bool) -> None:
 def test_lost_status_keeps_the_floors_the_autoscalers_run_with() -> None:
     """status.replan wiped (a restore, a hand edit): the floors are read back from the HPAs, so
     low traffic still brings them down one replica per interval, not at once."""
-    cluster = MemoryCluster()
-    body = load(LLAMA)
-    body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "4m"}}
-    body["spec"]["prefill"]["replicas"] = {"min": 1, "max": 12}
-    body["spec"]["autoscaling"] = {"engine": "hpa", "prometheus": {"url": "http://127.0.0.1:9"}}
-    cluster.add_model(body)
+    cluster = replanning_model()
     metrics = ReplanMetrics(ObservedWorkload(request_rate=40.0, input_tokens=4096, output_tokens=300))
 
     def run(when: str) -> dict[str, Any]:
-        reconcile(
-            cluster.get_model("default", "llama-70b") or {},
-            cluster,
-            OperatorSettings(),
-            now=lambda: when,
-            metrics=lambda url: metrics,
-        )
-        return dict(cluster.models[("default", "llama-70b")]["status"])
+        return reconcile_at(cluster, metrics, when)
 
     high = run("2026-11-28T01:00:00Z")["replan"]["prefillFloor"]
     assert high >= 4, high
@@ -204,21 +204,9 @@ def test_lost_status_keeps_the_floors_the_autoscalers_run_with() -> None:
 def test_a_floor_raised_to_the_ceiling_keeps_the_autoscaler() -> None:
     """Floor == max after re-planning: the HPA stays (min == max), it is not swapped for a fixed
     Deployment count and re-created when the floor comes down (found on real traffic in e2e)."""
-    cluster = MemoryCluster()
-    body = load(LLAMA)
-    body["spec"]["planner"] = {"replan": {"enabled": True, "interval": "4m"}}
-    body["spec"]["prefill"]["replicas"] = {"min": 1, "max": 6}
-    body["spec"]["autoscaling"] = {"engine": "hpa", "prometheus": {"url": "http://127.0.0.1:9"}}
-    cluster.add_model(body)
+    cluster = replanning_model(max_prefill=6)
     metrics = ReplanMetrics(ObservedWorkload(request_rate=200.0, input_tokens=4096, output_tokens=300))
-    reconcile(
-        cluster.get_model("default", "llama-70b") or {},
-        cluster,
-        OperatorSettings(),
-        now=lambda: "2026-11-28T01:00:00Z",
-        metrics=lambda url: metrics,
-    )
-    assert cluster.models[("default", "llama-70b")]["status"]["replan"]["prefillFloor"] == 6
+    assert reconcile_at(cluster, metrics, "2026-11-28T01:00:00Z")["replan"]["prefillFloor"] == 6
     children = {(k, n): o for (_, k, _, n), o in cluster.objects.items()}
     hpa = children[("HorizontalPodAutoscaler", "llama-70b-prefill")]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (6, 6)
