@@ -235,7 +235,7 @@ class OperatorProcess:
         assert self.proc is None or self.proc.poll() is not None, "operator already running"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "disagg.cli", "run"],
+            [sys.executable, "-m", "disagg.cli", *(["-v"] if os.environ.get("DISAGG_E2E_VERBOSE") else []), "run"],
             env={
                 **os.environ,
                 "KUBECONFIG": self.env.kubeconfig,

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pytest
 import yaml
 
 from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, OperatorProcess, operator_writes, wait_for
+from e2e.keda import KedaStack
 from e2e.metrics import SCRAPE_INTERVAL_SECONDS, MetricsStack, OwnershipLog, first_visible, scale_writes
 from e2e.serving import Load, Result, RuntimeProcess, prompt_of, ready_pods, router_address, running_model, send
 
@@ -325,9 +327,18 @@ def test_idle_model_sleeps_together_and_a_request_at_zero_wakes_both(
     created = time.time()
     body = scaling_model(prefill=(1, 3), decode=(1, 2), idle_after="20s")
     url = start_model(kubectl, metrics_stack, namespace, body)
+    # real traffic just before the idle window: the router's request rate is still above 0 for a
+    # minute after it, which must not wake the model once it sleeps (it did, every idle window)
+    with Load(url, SERVED_MODEL, concurrency=2, prompt_tokens=100, max_tokens=4) as burst:
+        time.sleep(3)
+    assert burst.failures() == [], burst.failures()[:3]
     body = wait_at_zero(kubectl, namespace, timeout=150)
     slept = time.time() - created
     assert slept >= 20, f"slept after {slept:.0f}s, before idleAfter"
+    asleep_since = time.time()
+    while time.time() - asleep_since < 10:  # several passes (resync 3 s) and wake polls
+        assert (replicas(kubectl, namespace, "prefill"), replicas(kubectl, namespace, "decode")) == (0, 0)
+        time.sleep(1)
     assert replicas(kubectl, namespace, "router") >= 1
     assert cond(body, "ScaledToZero")["reason"] == "Idle"
     # Ready follows once the engine pods are gone: the current generation is available at zero
@@ -623,3 +634,103 @@ def test_every_query_the_operator_builds_parses_in_the_real_prometheus(
     texts += [*vars(workload_queries(spec, namespace="ns", name="m", window=idle_after)).values()]
     for text in texts:
         metrics_stack.prometheus.query(str(text))  # raises on a parse error
+
+
+# -- 7. KEDA with its own operator and metrics server -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keda(cluster: ClusterEnv, kubectl: Kubectl) -> Iterator[KedaStack]:
+    stack = KedaStack(cluster, kubectl).start()
+    try:
+        yield stack
+    finally:
+        if os.environ.get("DISAGG_E2E_SHOW_LOG"):
+            print(stack.logs(200))
+        stack.stop()
+
+
+def _scaled_object(kubectl: Kubectl, namespace: str, role: str) -> dict[str, Any]:
+    found = kubectl.get("scaledobject", f"{MODEL}-{role}", namespace)
+    assert found is not None, f"ScaledObject {MODEL}-{role} missing"
+    return found
+
+
+def _keda_hpa(kubectl: Kubectl, namespace: str, role: str) -> dict[str, Any] | None:
+    return kubectl.get("hpa", f"keda-hpa-{MODEL}-{role}", namespace)
+
+
+def test_keda_backend_scales_sleeps_and_wakes_under_kedas_own_controllers(
+    kubectl: Kubectl,
+    cluster: ClusterEnv,
+    scaling_operator: OperatorProcess,
+    runtime: RuntimeProcess,
+    metrics_stack: MetricsStack,
+    keda: KedaStack,
+    namespace: str,
+) -> None:
+    """engine: keda end to end: the operator renders ScaledObjects, KEDA's operator turns them
+    into HPAs whose external metrics its metrics server answers from the e2e Prometheus, the HPA
+    controller scales on them; at idle the operator pauses both scalers at 0 and KEDA scales the
+    engines down; a request at zero makes the operator unpause them and KEDA brings the floors back."""
+    url = start_model(kubectl, metrics_stack, namespace, scaling_model(engine="keda", idle_after="20s"))
+    assert kubectl.get("hpa", f"{MODEL}-prefill", namespace) is None, "engine keda must not render an HPA of its own"
+    for role in ("prefill", "decode"):
+        wait_for(
+            f"KEDA to report ScaledObject {MODEL}-{role} Ready",
+            lambda role=role: cond(_scaled_object(kubectl, namespace, role), "Ready").get("status") == "True" or None,
+            timeout=90,
+        )
+        hpa = wait_for(f"KEDA's HPA for {role}", lambda role=role: _keda_hpa(kubectl, namespace, role), timeout=60)
+        assert hpa["spec"]["minReplicas"] == 1
+        owner = hpa["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"]) == ("ScaledObject", f"{MODEL}-{role}"), owner
+    prefill_metric = _keda_hpa(kubectl, namespace, "prefill")["spec"]["metrics"][0]["external"]["metric"]["name"]  # type: ignore[index]
+
+    # long prompts queue on prefill: KEDA's metrics server reports the queue, the HPA scales prefill
+    step = time.time()
+    with Load(url, SERVED_MODEL, **PREFILL_HEAVY) as load:
+        queued = wait_for(
+            "KEDA's metrics server to report a prefill queue",
+            lambda: (v := keda.external_metric(namespace, prefill_metric, f"{MODEL}-prefill")) and v > 4 and v,
+            timeout=90,
+        )
+        scaled = wait_replicas(kubectl, namespace, "prefill", lambda v: v >= 2, "scaled up by KEDA's HPA", 150)
+        scaled_after = time.time() - step
+    assert load.failures() == [], load.failures()[:3]
+    print(f"\nKEDA: {prefill_metric} = {queued:g} under load; prefill to {scaled} in {scaled_after:.1f}s")
+    # the operator left KEDA's HPAs alone (they carry the ScaledObjects' labels, not the model's ownership)
+    assert _keda_hpa(kubectl, namespace, "prefill") is not None
+
+    # idle for idleAfter: the operator pauses both ScaledObjects at 0; KEDA scales to 0 and drops its HPAs
+    body = wait_at_zero(kubectl, namespace, timeout=240)
+    assert cond(body, "ScaledToZero")["reason"] == "Idle"
+    for role in ("prefill", "decode"):
+        scaled_object = _scaled_object(kubectl, namespace, role)
+        assert scaled_object["metadata"]["annotations"].get("autoscaling.keda.sh/paused-replicas") == "0"
+        wait_for(
+            f"KEDA to report {role} Paused",
+            lambda role=role: cond(_scaled_object(kubectl, namespace, role), "Paused").get("status") == "True" or None,
+            timeout=60,
+        )
+    # paused means paused: neither KEDA's scale loop nor its HPA (pinned at min = max = 1 while
+    # paused) brings an engine back while the model sleeps (> one KEDA polling interval)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        assert (replicas(kubectl, namespace, "prefill"), replicas(kubectl, namespace, "decode")) == (0, 0)
+        time.sleep(1)
+    assert replicas(kubectl, namespace, "router") >= 1
+    if cluster.audit_log:
+        # at zero the Deployments were scaled by KEDA, never by the operator (KEDA owns their replicas)
+        assert scale_writes(cluster.audit_log, namespace, step, OPERATOR_AGENTS) == []
+        assert scale_writes(cluster.audit_log, namespace, step, ("keda",)), "no scale write by KEDA seen"
+
+    # a request at zero: the operator unpauses, KEDA restores the floors, the request is answered
+    timings = wake(kubectl, metrics_stack, namespace, url, cluster.audit_log)
+    print(f"KEDA wake: {', '.join(f'{k} {v:.2f}s' for k, v in timings.items())}")
+    body = wait_condition(kubectl, namespace, "ScaledToZero", "False", 30)
+    assert cond(body, "ScaledToZero")["reason"] == "Serving"
+    for role in ("prefill", "decode"):
+        scaled_object = _scaled_object(kubectl, namespace, role)
+        assert "autoscaling.keda.sh/paused-replicas" not in (scaled_object["metadata"].get("annotations") or {})
+        wait_for(f"KEDA's {role} HPA back", lambda role=role: _keda_hpa(kubectl, namespace, role), timeout=60)

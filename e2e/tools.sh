@@ -6,7 +6,7 @@
 #
 #   e2e/tools.sh                    build whatever is missing (required + optional groups)
 #   e2e/tools.sh GROUP...           only these groups: kubernetes etcd kwok helm llm-d-router
-#                                   vllm-parser prometheus-adapter llm-d-inference-sim
+#                                   vllm-parser prometheus-adapter llm-d-inference-sim keda
 #   e2e/tools.sh --print-bin-dir    print the symlink dir (builds nothing)
 #   e2e/tools.sh --env              print KEY=value lines (DISAGG_E2E_BIN_DIR, ...; builds nothing)
 #   e2e/tools.sh --check            exit 0 iff every required binary is present (builds nothing)
@@ -46,7 +46,7 @@ GO_P="${DISAGG_GO_BUILD_P:-2}"
 VLLM_REQUIREMENTS="${E2E_DIR}/vllm-parser-requirements.txt"
 
 REQUIRED_GROUPS=(kubernetes etcd kwok helm llm-d-router vllm-parser)
-OPTIONAL_GROUPS=(prometheus-adapter llm-d-inference-sim)
+OPTIONAL_GROUPS=(prometheus-adapter llm-d-inference-sim keda)
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 die() { printf '[tools] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -60,6 +60,7 @@ group_version() {
     prometheus-adapter) echo "${PROMETHEUS_ADAPTER_VERSION}" ;;
     llm-d-inference-sim) echo "${LLMD_INFERENCE_SIM_VERSION}" ;;
     llm-d-router) echo "${LLMD_ROUTER_VERSION}" ;;
+    keda) echo "${KEDA_VERSION}" ;;
     vllm-parser) echo "${VLLM_VERSION}-$(sha256sum "${VLLM_REQUIREMENTS}" | cut -c1-12)" ;;
     *) die "unknown tool group: $1" ;;
   esac
@@ -74,6 +75,7 @@ group_binaries() {
     prometheus-adapter) echo "prometheus-adapter" ;;
     llm-d-inference-sim) echo "llm-d-inference-sim" ;;
     llm-d-router) echo "epp pd-sidecar" ;;
+    keda) echo "keda-operator keda-adapter" ;;
     vllm-parser) echo "vllm-parser-python" ;;
   esac
 }
@@ -282,6 +284,21 @@ build_llm-d-router() {
     [[ "${got}" == "${LLMD_ROUTER_PD_SIDECAR_SHA256}" ]] || die "pd-sidecar sha256 ${got} != pinned ${LLMD_ROUTER_PD_SIDECAR_SHA256}"
   fi
   chmod +x "${out}/epp" "${out}/pd-sidecar"
+}
+
+# KEDA's operator (ScaledObject controller, scaler loop, gRPC metrics service) and its metrics
+# API server (external.metrics.k8s.io, asks the operator over gRPC). Its go.mod pins k8s.io and
+# Prometheus modules with replace directives, which a wrapper module would not inherit, so the
+# commands are built inside the downloaded module itself (read-only, complete go.sum).
+build_keda() {
+  local out="$1" ver="${KEDA_VERSION}" dir
+  dir="$(cd "${out}" && GOFLAGS=-mod=mod mod_field Dir "github.com/kedacore/keda/v2@${ver}")"
+  [[ -f "${dir}/cmd/operator/main.go" ]] || die "could not download github.com/kedacore/keda/v2@${ver}"
+  local ld="-s -w -X github.com/kedacore/keda/v2/version.Version=${ver#v} -X github.com/kedacore/keda/v2/version.GitCommit=${ver}"
+  (cd "${dir}" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -p "${GO_P}" -ldflags "${ld}" \
+    -o "${out}/keda-operator" ./cmd/operator)
+  (cd "${dir}" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -p "${GO_P}" -ldflags "${ld}" \
+    -o "${out}/keda-adapter" ./cmd/adapter)
 }
 
 # module_crds NAME MODULE VERSION SUBDIR: copy SUBDIR/*.yaml of a Go module (downloaded once,

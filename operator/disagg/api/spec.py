@@ -392,7 +392,8 @@ class ScaleToZeroSpec(CamelModel):
     idle_after: Duration = "15m"
     """No demand for this long means idle."""
     demand_query: Annotated[str, Field(max_length=4096)] | None = None
-    """PromQL returning demand at the router (> 0 wakes the model); default from the llm-d router."""
+    """PromQL returning demand at the router now (> 0 wakes the model; it must read 0 once the model
+    is idle, so no rate over a window longer than idleAfter); default from the llm-d router."""
     idle_query: Annotated[str, Field(max_length=4096)] | None = None
     """PromQL returning in-flight work at the engines (0 means idle); default from vLLM metrics."""
     hold_requests_for: Duration = "10m"

@@ -48,7 +48,9 @@ class Action(StrEnum):
 @dataclass(frozen=True)
 class Queries:
     demand: str
-    """Router-side demand now (requests arriving or held); > 0 wakes the model."""
+    """Router-side demand now (requests scheduled within the idle window, or held); > 0 wakes
+    the model. A custom ``demandQuery`` must read 0 once the model is idle (no rate over a window
+    longer than ``idleAfter``), or the model wakes right after it sleeps."""
     demand_window: str
     """Largest router demand over the idle window."""
     busy_window: str
@@ -67,16 +69,20 @@ ROUTER_INFO = "llm_d_epp_info"
 """Build info every llm-d router exports from start: proves the router is scraped at all."""
 
 
-def router_demand_query(router_selector: str) -> str:
-    """Requests arriving at or held by the router; empty (no data) when the router is not scraped.
+def router_demand_query(router_selector: str, window: str) -> str:
+    """Requests the router scheduled within ``window`` (the idle window) or holds now; empty (no
+    data) when the router is not scraped.
 
-    The request and queue series appear only with the first request, so a router that has seen
-    none reads 0 through its info series; a router Prometheus cannot see reads as no data, which
-    never counts as idle.
+    The same window as the idle decision, counted with ``increase``: a model that went to sleep
+    had none in it, so only a new request wakes it. (A 1-minute ``rate`` here woke a model one
+    pass after it slept whenever it had served traffic in the minute before, and it slept and
+    woke every idle window until the rate decayed.) The request and queue series appear only
+    with the first request, so a router that has seen none reads 0 through its info series; a
+    router Prometheus cannot see reads as no data, which never counts as idle.
     """
     seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
     return (
-        f"(sum(rate({ROUTER_REQUESTS}{{{router_selector}}}[1m])) or {seen})"
+        f"(sum(increase({ROUTER_REQUESTS}{{{router_selector}}}[{window}])) or {seen})"
         f" + (sum({ROUTER_HELD}{{{router_selector}}}) or {seen})"
     )
 
@@ -102,7 +108,7 @@ def queries(spec: DisaggregatedModelSpec, *, namespace: str, name: str) -> Queri
     engines = _selector(namespace, f"{name}-(prefill|decode|prefill-decode)-.+")
     window = _window(spec.scale_to_zero.idle_after)
     custom = spec.scale_to_zero.demand_query
-    demand = custom or router_demand_query(router)
+    demand = custom or router_demand_query(router, window)
     busy = spec.scale_to_zero.idle_query or (
         f"sum(vllm:num_requests_running{{{engines}}}) + sum(vllm:num_requests_waiting{{{engines}}})"
     )
