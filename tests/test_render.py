@@ -200,6 +200,41 @@ def test_owner_references_and_labels_on_every_child() -> None:
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "disagg-operator"
 
 
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("engine", ["hpa", "keda", "none"])
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_every_selector_picks_exactly_its_roles_pods(sample: Path, engine: str) -> None:
+    """Each Service, budget and scaler target reaches the pods of its own role's Deployment and no
+    other role's, with every child owned by the model -- even when a user's pod labels try to
+    claim the operator's role and model labels."""
+    body = load(sample)
+    body["spec"]["autoscaling"] = {"engine": engine, "prometheus": {"url": "http://prom.monitoring:9090"}}
+    hostile = {"disagg.dev/role": "router", "disagg.dev/model": "someone-else", "team": "a"}
+    for role in ("prefill", "decode", "router"):
+        body["spec"].setdefault(role, {}).setdefault("scheduling", {})["podLabels"] = hostile
+    objects = render_body(body)
+    deployments = by_kind(objects, "Deployment")
+    pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in deployments.items()}
+    for name, deployment in deployments.items():
+        assert _selects(deployment["spec"]["selector"]["matchLabels"], pods[name]), name
+        assert pods[name]["team"] == "a", "a user's own label is kept"
+    for obj in objects:
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "0000-uid", obj["metadata"]["name"]
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        selector = {
+            "Service": lambda o: o["spec"].get("selector"),
+            "PodDisruptionBudget": lambda o: o["spec"]["selector"]["matchLabels"],
+        }.get(kind, lambda o: None)(obj)
+        if selector is not None:
+            picked = {d for d, labels in pods.items() if _selects(selector, labels)}
+            assert picked == {name}, f"{kind}/{name} selects {picked}"
+        if kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+            assert obj["spec"]["scaleTargetRef"]["name"] == name and name in deployments, name
+
+
 def test_keda_engine_renders_scaled_objects() -> None:
     body = load(ROOT / "manifests/samples/llama-3.3-70b-disaggregated.yaml")
     body["spec"]["autoscaling"] = {"engine": "keda", "prometheus": {"url": "http://prom.monitoring:9090"}}

@@ -8,13 +8,11 @@ One writer per field: a Deployment whose replicas an autoscaler owns is rendered
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from disagg.api.spec import GROUP, KIND, VERSION, DisaggregatedModelSpec, EngineRoleSpec
+from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec
 from disagg.placement import Placement, affinity
 from disagg.planner.plan import ENGINE_ROLES, ROLE_AGGREGATED, ROLE_DECODE, ROLE_ROUTER, Plan, RolePlan, engine_roles
 from disagg.render import autoscaling, router
@@ -26,52 +24,15 @@ from disagg.render.engine import (
     engine_container,
     routing_sidecar,
 )
+from disagg.render.identity import RoleIdentity
+from disagg.render.identity import model_labels as model_labels  # re-exported: reconcile selects with it
 from disagg.render.names import ModelRef as ModelRef  # re-exported: callers name it from here
-from disagg.render.names import child_name, label_value, merged_labels
+from disagg.render.names import label_value
 from disagg.settings import OperatorSettings
 
 
-def model_labels(model: ModelRef, settings: OperatorSettings) -> dict[str, str]:
-    """The selector labels shared by every child of one model."""
-    return {f"{settings.prefix}/model": label_value(model.name)}
-
-
-def _common_labels(model: ModelRef, settings: OperatorSettings, component: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "disagg-model",
-        "app.kubernetes.io/instance": label_value(model.name),
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/part-of": "disagg",
-        "app.kubernetes.io/managed-by": "disagg-operator",
-        **model_labels(model, settings),
-        f"{settings.prefix}/role": component,
-    }
-
-
-def _meta(
-    model: ModelRef,
-    settings: OperatorSettings,
-    name: str,
-    component: str,
-    extra_labels: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": model.namespace,
-        "labels": merged_labels(extra_labels or {}, _common_labels(model, settings, component)),
-    }
-    if model.uid:
-        meta["ownerReferences"] = [
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": model.name,
-                "uid": model.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
-    return meta
+def _identity(model: ModelRef, settings: OperatorSettings, role: str) -> RoleIdentity:
+    return RoleIdentity(model, settings, role)
 
 
 def _llmd_labels(spec: DisaggregatedModelSpec, role: str) -> dict[str, str]:
@@ -138,10 +99,8 @@ def _engine_deployment(
     )
     if decode:
         container["args"].append("--shutdown-timeout=60")
-    selector = {**model_labels(model, settings), f"{settings.prefix}/role": role}
-    pod_labels = merged_labels(
-        role_spec.scheduling.pod_labels, _llmd_labels(spec, role), _common_labels(model, settings, role)
-    )
+    identity = _identity(model, settings, role)
+    pod_labels = identity.labels(role_spec.scheduling.pod_labels, _llmd_labels(spec, role))
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
@@ -155,43 +114,25 @@ def _engine_deployment(
     if role_spec.scheduling.pod_annotations:
         template_meta["annotations"] = dict(sorted(role_spec.scheduling.pod_annotations.items()))
     deployment_spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector},
+        "selector": {"matchLabels": identity.selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "template": {"metadata": template_meta, "spec": pod_spec},
     }
     if not autoscaled:
         deployment_spec["replicas"] = plan_role.replicas
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": _meta(model, settings, child_name(model.name, role), role, _llmd_labels(spec, role)),
-        "spec": deployment_spec,
-    }
+    return identity.child("apps/v1", "Deployment", deployment_spec, _llmd_labels(spec, role))
 
 
 def _service(model: ModelRef, settings: OperatorSettings, role: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(model, settings, child_name(model.name, role), role),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {**model_labels(model, settings), f"{settings.prefix}/role": role},
-            "ports": ports,
-        },
-    }
+    identity = _identity(model, settings, role)
+    return identity.child("v1", "Service", {"type": "ClusterIP", "selector": identity.selector, "ports": ports})
 
 
 def _pdb(model: ModelRef, settings: OperatorSettings, role: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": _meta(model, settings, child_name(model.name, role), role),
-        "spec": {
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": {**model_labels(model, settings), f"{settings.prefix}/role": role}},
-        },
-    }
+    identity = _identity(model, settings, role)
+    return identity.child(
+        "policy/v1", "PodDisruptionBudget", {"maxUnavailable": 1, "selector": {"matchLabels": identity.selector}}
+    )
 
 
 def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, Any]:
@@ -201,8 +142,9 @@ def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, An
     request names: neither may be reachable by any pod of the cluster. Engines of one model talk
     to each other on any port (NIXL side channel, UCX over TCP picks its ports).
     """
+    policy = _identity(model, settings, "engines")
     model_selector = model_labels(model, settings)
-    role_key = f"{settings.prefix}/role"
+    role_key = policy.role_key
     serving = [{"protocol": "TCP", "port": port} for port in sorted({PREFILL_PORT, SIDECAR_PORT, DECODE_VLLM_PORT})]
     router_pods = {"podSelector": {"matchLabels": {**model_selector, role_key: ROLE_ROUTER}}}
     own_engines = {
@@ -221,16 +163,8 @@ def _network_policy(model: ModelRef, settings: OperatorSettings) -> dict[str, An
     elif settings.inference_pool:
         # a Gateway routes straight to the pool's pods on the target port; its pods are unknown here
         ingress.append({"ports": [{"protocol": "TCP", "port": PREFILL_PORT}]})
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": _meta(model, settings, child_name(model.name, "engines"), "engines"),
-        "spec": {
-            "podSelector": own_engines["podSelector"],
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        },
-    }
+    spec = {"podSelector": own_engines["podSelector"], "policyTypes": ["Ingress"], "ingress": ingress}
+    return policy.child("networking.k8s.io/v1", "NetworkPolicy", spec)
 
 
 def _autoscaled(spec: DisaggregatedModelSpec, plan_role: RolePlan) -> bool:
@@ -263,9 +197,7 @@ def render(
         plan,
         settings,
         router.WorkloadShape(
-            metadata=functools.partial(_meta, model, settings),
-            pod_labels=merged_labels(spec.router.scheduling.pod_labels, _common_labels(model, settings, ROLE_ROUTER)),
-            selector={**model_labels(model, settings), f"{settings.prefix}/role": ROLE_ROUTER},
+            identity=_identity(model, settings, ROLE_ROUTER),
             scheduling=_pod_scheduling(None, None, model, settings, spec),
             autoscaled=_autoscaled(spec, plan.router),
             engine_selector=model_labels(model, settings),
@@ -303,8 +235,8 @@ def render(
             settings=settings,
             role=role,
             plan_role=plan_role,
-            meta=_meta(model, settings, child_name(model.name, role), role),
-            target_name=child_name(model.name, role),
+            meta=_identity(model, settings, role).meta(),
+            target_name=_identity(model, settings, role).name,
             namespace=model.namespace,
             role_spec=role_spec,
         )

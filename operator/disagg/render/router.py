@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +13,8 @@ from disagg.api.spec import DisaggregatedModelSpec
 from disagg.api.types import duration_seconds
 from disagg.planner.plan import Plan
 from disagg.render.engine import PREFILL_PORT
-from disagg.render.names import ModelRef, child_name, content_hash
+from disagg.render.identity import RoleIdentity
+from disagg.render.names import ModelRef, content_hash
 from disagg.settings import OperatorSettings
 
 GRPC_PORT = 9002
@@ -315,11 +316,8 @@ NON_ROOT = {
 class WorkloadShape:
     """How the router's objects are named, labelled and scheduled (the model's conventions)."""
 
-    metadata: Callable[[str, str], dict[str, Any]]
-    """(object name, component) -> metadata with the model's labels and owner reference."""
-    pod_labels: Mapping[str, str]
-    selector: Mapping[str, str]
-    """The router Deployment's selector (and Service's)."""
+    identity: RoleIdentity
+    """The router's name, labels, selector (its Deployment's and Service's) and owner."""
     scheduling: Mapping[str, Any]
     autoscaled: bool
     """An autoscaler owns the router's replicas (none rendered)."""
@@ -331,9 +329,11 @@ def render_router(
     model: ModelRef, spec: DisaggregatedModelSpec, plan: Plan, settings: OperatorSettings, shape: WorkloadShape
 ) -> list[dict[str, Any]]:
     """The endpoint picker with Envoy in front of it, its config, RBAC, Service, pool and route."""
-    meta, pod_labels, selector = shape.metadata, shape.pod_labels, shape.selector
+    identity = shape.identity
+    pod_labels = identity.labels(spec.router.scheduling.pod_labels)
+    selector = identity.selector
     scheduling, autoscaled, engine_selector = shape.scheduling, shape.autoscaled, shape.engine_selector
-    name = child_name(model.name, "router")
+    name = identity.name
     hold = spec.scale_to_zero.hold_requests_for if spec.scale_to_zero.enabled else None
     config_text = _picker_text(plan.mode, plan.disagg_threshold, hold)
     envoy_text = _envoy_text(hold)
@@ -434,31 +434,31 @@ def render_router(
             },
         ]
     objects: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, "router")},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": identity.meta()},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": meta(name, "router"),
+            "metadata": identity.meta(),
             "rules": rules,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": meta(name, "router"),
+            "metadata": identity.meta(),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": model.namespace}],
         },
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": meta(name, "router"),
+            "metadata": identity.meta(),
             "data": {CONFIG_KEY: config_text, ENVOY_KEY: envoy_text},
         },
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, "router"), "spec": deployment_spec},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": identity.meta(), "spec": deployment_spec},
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": meta(name, "router"),
+            "metadata": identity.meta(),
             "spec": {
                 "type": "ClusterIP",
                 "selector": dict(selector),
@@ -487,7 +487,7 @@ def render_router(
             {
                 "apiVersion": POOL_API,
                 "kind": "InferencePool",
-                "metadata": meta(name, "router"),
+                "metadata": identity.meta(),
                 "spec": {
                     "selector": {"matchLabels": engines},
                     "targetPorts": [{"number": PREFILL_PORT}],
@@ -516,7 +516,7 @@ def render_router(
             {
                 "apiVersion": GATEWAY_API,
                 "kind": "HTTPRoute",
-                "metadata": meta(name, "router"),
+                "metadata": identity.meta(),
                 "spec": {
                     "parentRefs": [parent],
                     "rules": [
