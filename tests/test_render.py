@@ -232,7 +232,8 @@ def test_every_selector_picks_exactly_its_roles_pods(sample: Path, engine: str) 
             picked = {d for d, labels in pods.items() if _selects(selector, labels)}
             assert picked == {name}, f"{kind}/{name} selects {picked}"
         if kind in ("HorizontalPodAutoscaler", "ScaledObject"):
-            assert obj["spec"]["scaleTargetRef"]["name"] == name and name in deployments, name
+            assert obj["spec"]["scaleTargetRef"]["name"] == name, name
+            assert name in deployments, name
 
 
 def test_keda_engine_renders_scaled_objects() -> None:

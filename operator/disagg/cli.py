@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespaces=namespaces,
         standalone=True,  # HA is the operator's own Lease (disagg.leader), not kopf peering
         liveness_endpoint=args.liveness or None,
-        memo=handlers.memo_for(settings, api),
+        memo=handlers.memo_for(settings, api, args.metrics),
     )
     return 0
 
@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster")
     run.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeat)")
     run.add_argument("--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument(
+        "--metrics",
+        default=os.environ.get("DISAGG_METRICS_ADDRESS", ""),
+        metavar="HOST:PORT",
+        help="serve the operator's Prometheus metrics on http://HOST:PORT/metrics (env DISAGG_METRICS_ADDRESS)",
+    )
     run.set_defaults(func=cmd_run)
 
     render = sub.add_parser("render", help="print the manifests a DisaggregatedModel produces (offline)")

@@ -21,6 +21,7 @@ from disagg.kube.client import KubeCluster
 from disagg.prometheus import MetricsSources
 from disagg.reconcile import Outcome, PlacementClaims, reconcile
 from disagg.settings import OperatorSettings
+from disagg.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]
@@ -37,6 +38,7 @@ class Controller:
         on_outcome: Callable[[Key, Outcome], None] | None = None,
         leading: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._clock = clock
         """Due times and backoffs are read from it (tests drive :meth:`run_due` on a fake clock)."""
@@ -67,6 +69,9 @@ class Controller:
         """Set while this replica holds the leader Lease; None: no leader election, always act."""
         self._sleeping: dict[Key, tuple[str, str]] = {}
         """Models at zero: (Prometheus URL, demand query), polled fast so a wake is never a resync away."""
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
+        """The operator's own metrics (``/metrics`` when the CLI serves them)."""
+        self.telemetry.bind_queue(self.queue_depth, self.queue_busy)
 
     # -- producers -------------------------------------------------------------------------
     def trigger(self, key: Key, *, delay: float = 0.0, resource_version: str | None = None) -> None:
@@ -87,6 +92,14 @@ class Controller:
             self._due[key] = min(self._due.get(key, due), due)
             self._cond.notify()
 
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+    def queue_busy(self) -> int:
+        with self._cond:
+            return len(self._busy)
+
     def forget(self, key: Key) -> None:
         with self._cond:
             self._due.pop(key, None)
@@ -96,6 +109,7 @@ class Controller:
             self._sleeping.pop(key, None)
             self.pass_cpu.pop(key, None)
         self._claims.release(key)
+        self.telemetry.forget_model(*key)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -218,17 +232,20 @@ class Controller:
         return ran
 
     def _reconcile_key(self, key: Key) -> None:
-        started = time.thread_time()
+        started, wall = time.thread_time(), time.monotonic()
+        result = "error"
         try:
-            self._reconcile_once(key)
+            result = self._reconcile_once(key)
         finally:
             spent = time.thread_time() - started
+            self.telemetry.observe_pass(result, time.monotonic() - wall)
             with self._cond:
                 record = self.pass_cpu.setdefault(key, [0.0, 0.0])
                 record[0] += 1
                 record[1] += spent
 
-    def _reconcile_once(self, key: Key) -> None:
+    def _reconcile_once(self, key: Key) -> str:
+        """One pass of ``key``; its result for the metrics: success, error, conflict or gone."""
         namespace, name = key
         with self._cond:
             self._edited.discard(key)  # this pass reads the model as it is now
@@ -236,24 +253,24 @@ class Controller:
             body = self._cluster.get_model(namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 self.forget(key)
-                return
+                return "gone"
             outcome = reconcile(
                 body, self._patching_cluster(key), self._settings, metrics=self._metrics.get, claims=self._claims
             )
         except ConflictError as exc:
             log.info("%s/%s: conflict, retrying: %s", namespace, name, exc)
             self.trigger(key, delay=0.2)
-            return
+            return "conflict"
         except NotFoundError as exc:
             if self._gone(key):  # deleted while the pass ran: nothing failed, nothing to retry
                 log.debug("%s/%s: deleted during reconcile (%s)", namespace, name, exc)
                 self.forget(key)
-                return
+                return "gone"
             self._failed(key, exc)
-            return
+            return "error"
         except Exception as exc:
             self._failed(key, exc)
-            return
+            return "error"
         zero = outcome.zero
         with self._cond:
             self._failures.pop(key, None)
@@ -264,8 +281,10 @@ class Controller:
                 self._sleeping[key] = (zero.url, zero.queries.demand)
             else:
                 self._sleeping.pop(key, None)
+        self.telemetry.observe_outcome(namespace, name, outcome)
         if self._on_outcome is not None:
             self._on_outcome(key, outcome)
+        return "error" if outcome.error else "success"
 
     def _gone(self, key: Key) -> bool:
         try:
@@ -278,6 +297,7 @@ class Controller:
         namespace, name = key
         with self._cond:
             self.stats["failures"] += 1
+            self.telemetry.retries.inc()
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
             delay = min(2.0**failures, MAX_BACKOFF)
@@ -296,14 +316,34 @@ class Controller:
         """The cluster, remembering the resourceVersion our status write produced for ``key``."""
         controller = self
 
+        telemetry = self.telemetry
+
         class _Recording:
             def __getattr__(self, attr: str) -> Any:
                 return getattr(controller._cluster, attr)
+
+            def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+                result: dict[str, Any] = controller._cluster.apply(obj)
+                telemetry.observe_write(str(obj.get("kind")), "apply")
+                return result
+
+            def delete(self, obj: Mapping[str, Any]) -> None:
+                controller._cluster.delete(obj)
+                telemetry.observe_write(str(obj.get("kind")), "delete")
+
+            def scale(self, obj: Mapping[str, Any], replicas: int) -> None:
+                controller._cluster.scale(obj, replicas)
+                telemetry.observe_write(f"{obj.get('kind')}/scale", "patch")
+
+            def event(self, *args: Any, **kwargs: Any) -> None:
+                controller._cluster.event(*args, **kwargs)
+                telemetry.observe_write("Event", "create")
 
             def patch_model_status(
                 self, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
             ) -> dict[str, Any]:
                 result = controller._cluster.patch_model_status(namespace, name, status, resource_version)
+                telemetry.observe_write("DisaggregatedModel/status", "patch")
                 version = (result.get("metadata") or {}).get("resourceVersion")
                 if version:
                     with controller._cond:

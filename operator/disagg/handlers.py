@@ -25,9 +25,10 @@ from disagg.settings import OperatorSettings, load_settings
 log = logging.getLogger(__name__)
 
 
-def memo_for(settings: OperatorSettings, api: Any) -> kopf.Memo:
-    """The memo ``kopf.run`` hands to every handler: the CLI's settings and API client."""
-    return kopf.Memo(settings=settings, api=api)
+def memo_for(settings: OperatorSettings, api: Any, metrics_address: str = "") -> kopf.Memo:
+    """The memo ``kopf.run`` hands to every handler: the CLI's settings, API client and where to
+    serve the operator's metrics (empty: not served)."""
+    return kopf.Memo(settings=settings, api=api, metrics_address=metrics_address)
 
 
 @kopf.on.startup()
@@ -57,6 +58,9 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     cluster.set_child_handler(lambda namespace, name: worker.trigger((namespace, name)))
     cluster.start()
     worker.start()
+    if memo.get("metrics_address"):
+        memo["metrics_server"] = worker.telemetry.serve(memo["metrics_address"])
+        log.info("operator metrics on http://%s/metrics", memo["metrics_address"])
     if leading is not None:
         # a new leader re-reconciles everything once
         elector = LeaderElector(cluster, namespace=ours.leader_namespace, leading=leading, on_start=worker.resync)
@@ -72,6 +76,10 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
         part = memo.pop(name, None)
         if part is not None:
             part.stop()
+    server = memo.pop("metrics_server", None)
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

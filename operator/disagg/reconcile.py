@@ -70,6 +70,12 @@ class Outcome:
     zero: ZeroState | None = None
     ready: bool = False
     error: str | None = None
+    status: DisaggregatedModelStatus | None = None
+    """The status this pass computed (written or not): what the operator's metrics report."""
+    placement: str | None = None
+    """``placed`` (computed this pass), ``reused`` (the memo) or None (the model is not packed)."""
+    placement_failed: bool = False
+    """A required topology domain could not be found for every pod."""
 
     @property
     def writes(self) -> int:
@@ -179,6 +185,7 @@ def _placement(
     model: ModelRef,
     claims: PlacementClaims | None,
     at_zero: bool = False,
+    outcome: Outcome | None = None,
 ) -> Placement | None:
     if spec.topology.required_level() is None and spec.topology.preferred_level() is None:
         if claims is not None:
@@ -193,7 +200,10 @@ def _placement(
         version = cluster.inventory_version()
         inputs = repr((version, spec.topology, demands, earlier, resource, others, at_zero))
         memo = ledger.memo.get(key)
-        if version is not None and memo is not None and memo[0] == inputs:
+        reused = version is not None and memo is not None and memo[0] == inputs
+        if outcome is not None:
+            outcome.placement = "reused" if reused else "placed"
+        if reused and memo is not None:
             placement = memo[1]
         else:
             labels = model_labels(model, settings)
@@ -503,6 +513,7 @@ def reconcile(
     outcome = Outcome()
 
     def write_status(status: DisaggregatedModelStatus) -> None:
+        outcome.status = status
         wire = status.wire()
         if wire != previous.wire():
             patch = with_removals(body.get("status") or {}, wire)
@@ -543,8 +554,11 @@ def reconcile(
         spec, previous, meta, settings, metrics, now(), observed=observed_at_zero(model, resolution.plan, live)
     )
     outcome.zero = zero
-    placement = _placement(spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero)
+    placement = _placement(
+        spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero, outcome=outcome
+    )
     decisions = placement.decisions if placement is not None else []
+    outcome.placement_failed = any(d.required and not d.fits for d in decisions)
     held = _held_asleep(model, plan, live, zero)
     rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero, held_asleep=held)
     desired = [stamp(obj, settings.prefix) for obj in rendered]

@@ -41,6 +41,12 @@ def _plan_cached(key: str) -> Plan:
     return plan_for_spec(DisaggregatedModelSpec.model_validate(json.loads(key)))
 
 
+def plan_cache_info() -> tuple[int, int]:
+    """(plans served from the cache, plans computed) since the process started."""
+    info = _plan_cached.cache_info()
+    return info.hits, info.misses
+
+
 def resolve_plan(spec: DisaggregatedModelSpec) -> Resolution:
     if spec.model.preset is None and spec.model.config is None:
         plan = placeholder_plan(spec)
