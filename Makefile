@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CRD_FILE := crds/disagg.dev_disaggregatedmodels.yaml
 
-.PHONY: help venv lint types unit e2e test crd generate demo bench bench-planner bench-convergence bench-serving bench-cluster-size clean
+.PHONY: help venv lint types unit e2e test crd generate dashboards demo bench bench-planner bench-convergence bench-serving bench-cluster-size clean
 
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create .venv and install the package with dev tools
 
 lint: $(STAMP) ## ruff (lint + format check) and import-layer contracts
-	$(BIN)/ruff check operator tests e2e
-	$(BIN)/ruff format --check operator tests e2e
+	$(BIN)/ruff check operator tests e2e bench docs
+	$(BIN)/ruff format --check operator tests e2e bench docs
 	$(BIN)/lint-imports
 
 types: $(STAMP) ## mypy --strict on the package
@@ -46,7 +46,10 @@ test: lint types unit e2e ## everything CI runs: lint, types, unit and e2e tests
 crd: $(STAMP) ## regenerate the CRD from the pydantic models
 	$(BIN)/disagg crd -o $(CRD_FILE)
 
-generate: crd chart-crds ## regenerate every generated file (the CRD and its chart copy; `make manifests` renders install.yaml with helm)
+dashboards: $(STAMP) ## regenerate the Grafana dashboards (charts/disagg-operator/dashboards/) from operator/disagg/dashboards.py
+	$(BIN)/python -m disagg.dashboards
+
+generate: crd chart-crds dashboards ## regenerate every generated file (the CRD and its chart copy, the dashboards; `make manifests` renders install.yaml with helm)
 
 clean: ## remove local build/test state (not the tool cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

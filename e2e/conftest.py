@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness import ROOT, ClusterEnv, Kubectl, OperatorProcess, cluster_down, cluster_up, wait_for
-from e2e.metrics import MetricsStack
+from e2e.metrics import MetricsStack, free_port
 from e2e.serving import RuntimeProcess, runtime_bin_dir, runtime_supported
 
 
@@ -125,10 +125,18 @@ def metrics_stack(cluster: ClusterEnv, kubectl: Kubectl) -> Iterator[MetricsStac
 @pytest.fixture(scope="module")
 def scaling_operator(operator: OperatorProcess, metrics_stack: MetricsStack) -> Iterator[OperatorProcess]:
     """The session operator (cluster-wide, so no second operator ever sees these namespaces),
-    restarted with DISAGG_PROMETHEUS_URL pointing at the private Prometheus; restored afterwards."""
+    restarted with DISAGG_PROMETHEUS_URL pointing at the private Prometheus and its own metrics
+    served on a loopback port that Prometheus scrapes (``job=disagg-operator``); restored afterwards."""
     previous = dict(operator.extra_env)
-    operator.restart({**previous, "DISAGG_PROMETHEUS_URL": metrics_stack.prometheus.url})
+    address = f"127.0.0.1:{free_port()}"
+    operator.metrics_address = address
+    operator.restart(
+        {**previous, "DISAGG_PROMETHEUS_URL": metrics_stack.prometheus.url, "DISAGG_METRICS_ADDRESS": address}
+    )
+    metrics_stack.prometheus.write_targets("operator", [{"targets": [address], "labels": {"job": "disagg-operator"}}])
     try:
         yield operator
     finally:
+        metrics_stack.prometheus.remove_targets("operator")
+        operator.metrics_address = None
         operator.restart(previous)

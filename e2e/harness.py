@@ -230,6 +230,8 @@ class OperatorProcess:
         self.log_path = log_path
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_address: str | None = None
+        """host:port of the operator's own /metrics while a fixture serves them."""
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "operator already running"

@@ -315,6 +315,14 @@ class Prometheus:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def query_range(self, expr: str, start: float, end: float, step: float = 2.0) -> list[dict[str, Any]]:
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        answer = http_json(f"{self.url}/api/v1/query_range?{urllib.parse.urlencode(params)}", timeout=30)
+        if answer.get("status") != "success":
+            raise AssertionError(f"range query {expr!r} failed: {answer}")
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
     def scalar(self, expr: str) -> float | None:
         """Sum of an instant vector, None when empty (mirrors the operator's reading)."""
         result = self.query(expr)

@@ -370,6 +370,8 @@ def test_idle_model_sleeps_together_and_a_request_at_zero_wakes_both(
         timeout=30,
     )
 
+    prometheus = metrics_stack.prometheus
+    wakes_before = prometheus.scalar("disagg_wake_duration_seconds_count") or 0.0
     timings = wake(kubectl, metrics_stack, namespace, url, cluster.audit_log)
     print(f"\nwake: {', '.join(f'{k} {v:.2f}s' for k, v in timings.items())}")
     assert timings["sent_to_observed"] < 15
@@ -392,6 +394,58 @@ def test_idle_model_sleeps_together_and_a_request_at_zero_wakes_both(
         assert replicas(kubectl, namespace, "prefill") >= scaled
     if cluster.audit_log:
         assert scale_writes(cluster.audit_log, namespace, since, OPERATOR_AGENTS) == []
+
+    # the operator's own metrics, scraped from it by Prometheus, moved with what happened
+    wake_count = wait_for(
+        "the wake in the operator's wake-duration histogram",
+        lambda: (v := prometheus.scalar("disagg_wake_duration_seconds_count")) and v > wakes_before and v,
+        timeout=30,
+    )
+    wake_seconds = prometheus.scalar("disagg_wake_duration_seconds_sum")
+    print(f"operator metrics: {wake_count:g} wake(s) observed, {wake_seconds:.1f}s in total")
+    sleeps = prometheus.scalar(
+        f'disagg_scale_to_zero_transitions_total{{namespace="{namespace}",model="{MODEL}",direction="sleep"}}'
+    )
+    assert sleeps is not None, "no sleep counted"
+    assert sleeps >= 1, sleeps
+    service_applies = 'sum(disagg_api_writes_total{job="disagg-operator",kind="Service",verb="apply"})'
+    before = prometheus.scalar(service_applies) or 0.0
+    kubectl.run(
+        "patch", "service", f"{MODEL}-prefill", "-n", namespace, "--type=merge", "-p", '{"spec":{"selector":{"x":"y"}}}'
+    )
+    wait_for(
+        "the hand edit's revert in the operator's API writes",
+        lambda: (prometheus.scalar(service_applies) or 0.0) > before or None,
+        timeout=30,
+    )
+    check_dashboard_queries(prometheus, namespace, since=created)
+
+
+def check_dashboard_queries(prometheus: Any, namespace: str, since: float) -> None:
+    """Every PromQL expression of the shipped dashboards returns series for this model's run;
+    with DISAGG_E2E_DASHBOARD_DATA=FILE the range data goes to FILE (docs/dashboards/plot.py)."""
+    from disagg import dashboards
+
+    substitutions = {"$namespace": namespace, "$model": MODEL}
+    end = time.time()
+    panels = {"model": dashboards.model_queries(), "operator": dashboards.operator_queries()}
+    empty, data = [], {}
+    for board, queries in panels.items():
+        for title, panel in queries.items():
+            for query in panel:
+                expr = query.expr
+                for key, value in substitutions.items():
+                    expr = expr.replace(key, value)
+                series = prometheus.query_range(expr, since, end, step=2.0)
+                if not series:
+                    empty.append(f"{board}/{title}: {expr}")
+                data.setdefault(board, {}).setdefault(title, []).append(
+                    {"legend": query.legend, "expr": expr, "series": series}
+                )
+    out = os.environ.get("DISAGG_E2E_DASHBOARD_DATA")
+    if out:
+        Path(out).write_text(json.dumps({"start": since, "end": end, "panels": data}))
+    assert not empty, "dashboard queries without series:\n" + "\n".join(empty)
 
 
 # -- 3. Prometheus unavailable ----------------------------------------------------------------------

@@ -76,6 +76,8 @@ class Outcome:
     """``placed`` (computed this pass), ``reused`` (the memo) or None (the model is not packed)."""
     placement_failed: bool = False
     """A required topology domain could not be found for every pod."""
+    slo_seconds: tuple[float, float] | None = None
+    """The spec's (TTFT, ITL) targets, for the metrics' SLO lines."""
 
     @property
     def writes(self) -> int:
@@ -528,6 +530,7 @@ def reconcile(
         write_status(failed_status(previous, generation=generation, reason="InvalidSpec", message=str(exc), now=now()))
         return outcome
 
+    outcome.slo_seconds = (duration_seconds(spec.slo.ttft), duration_seconds(spec.slo.itl))
     resolution = resolve_plan(spec)
     if resolution.plan is None:
         outcome.error = resolution.message

@@ -111,6 +111,10 @@ class Telemetry:
             MODEL_LABELS,
             registry=r,
         )
+        self.slo_ttft = Gauge("disagg_model_slo_ttft_seconds", "The spec's TTFT target", MODEL_LABELS, registry=r)
+        self.slo_itl = Gauge(
+            "disagg_model_slo_itl_seconds", "The spec's inter-token latency target", MODEL_LABELS, registry=r
+        )
         self.replicas = Gauge(
             "disagg_model_replicas",
             "Replicas per role: planned (the plan's floor), desired (what the operator or autoscaler asks), ready",
@@ -153,6 +157,9 @@ class Telemetry:
                     self._woken_at.pop(key, None)
         if outcome.zero is not None and outcome.zero.enabled:
             self.asleep.labels(namespace, name).set(1 if outcome.zero.at_zero else 0)
+        if outcome.slo_seconds is not None:
+            self.slo_ttft.labels(namespace, name).set(outcome.slo_seconds[0])
+            self.slo_itl.labels(namespace, name).set(outcome.slo_seconds[1])
         if outcome.status is not None:
             self._observe_status(namespace, name, outcome.status, now)
 
@@ -196,6 +203,8 @@ class Telemetry:
             self.observed_itl,
             self.asleep,
             self.ready,
+            self.slo_ttft,
+            self.slo_itl,
         ):
             _remove(gauge, (namespace, name))
         with self._lock:
