@@ -274,15 +274,23 @@ class BackendProfile:
     MoE kernel class (Triton ``fused_moe`` in vLLM and SGLang, CUTLASS grouped GEMMs in TensorRT-LLM) run
     many small per-expert problems (a few hundred tokens by a sliced intermediate), pad each expert's
     tokens to the tile, and load block scales inside the K loop."""
+    eager_layer_us: float = 0.0
+    """Host time to issue one decoder layer's kernels in a step that runs outside a CUDA graph. Decode-only
+    steps replay captured graphs (one launch per step), but a step carrying prefill tokens has a token count
+    no graph was captured for, so the engine's Python/C++ code dispatches every operator of every layer
+    (module calls, custom-op wrappers, attention metadata, activation quantisation, then the CUDA launch).
+    Launches are asynchronous, so this host time hides behind the GPU's work unless the step's kernels are
+    shorter than their dispatch: short prefills of deep models (an MoE layer dispatches half again as many
+    operators) are host-bound."""
 
 
 BACKEND_PROFILES: dict[str, BackendProfile] = {
-    # request_overhead_ms and moe_gemm_eta are the only fitted constants (disagg.planner.calibrate.fit on
-    # every measured row, `python bench/planner_accuracy.py --fit`; priors and bounds there); the rest are
-    # host-side figures of each engine.
-    "vllm": BackendProfile("vllm", 1.2, 1.3, 15.0, 8192, "none", moe_gemm_eta=0.4),
-    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3),
-    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 90.0, 8192, "none", moe_gemm_eta=0.85),
+    # request_overhead_ms, moe_gemm_eta and eager_layer_us are the only fitted constants
+    # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
+    # and bounds there); the rest are host-side figures of each engine.
+    "vllm": BackendProfile("vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=450.0),
+    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0),
+    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 90.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=450.0),
 }
 
 
