@@ -201,6 +201,16 @@ class Engine:
             touched = min(float(m.experts), self.ep * (per_rank + math.sqrt(per_rank)))
         return touched
 
+    def _routed_imbalance(self, tokens: float) -> float:
+        """Busiest EP rank's routed token-expert pairs over the mean: each rank's share of the ``tokens * top_k``
+        pairs is binomial, and the MoE layer waits for the fullest rank (the expected maximum of ``ep`` draws,
+        mean + sqrt(2 ln ep) standard deviations). Random routing is the floor; trained routers are more skewed."""
+        m = self.model
+        if self.ep <= 1 or tokens <= 0 or not m.is_moe:
+            return 1.0
+        mean = tokens * m.top_k / self.ep
+        return 1.0 + math.sqrt(2.0 * math.log(self.ep) * (1.0 - 1.0 / self.ep) / mean)
+
     @cached_property
     def _linear_rates(self) -> tuple[float, float, float, float, float]:
         """Per GPU: (seconds of compute per token through the transformer layers, seconds of lm-head compute
@@ -242,7 +252,8 @@ class Engine:
         per_token, lm_head, routed, always_s, expert_s = self._linear_rates
         moe = tokens if moe_tokens is None else moe_tokens
         read = always_s + expert_s * self._expert_reads(moe)
-        compute = per_token * tokens + routed * moe + lm_head * (tokens if sampled is None else sampled)
+        routed_s = routed * moe * self._routed_imbalance(moe)
+        compute = per_token * tokens + routed_s + lm_head * (tokens if sampled is None else sampled)
         return max(read, compute)
 
     @cached_property
