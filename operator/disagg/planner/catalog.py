@@ -274,6 +274,11 @@ class BackendProfile:
     MoE kernel class (Triton ``fused_moe`` in vLLM and SGLang, CUTLASS grouped GEMMs in TensorRT-LLM) run
     many small per-expert problems (a few hundred tokens by a sliced intermediate), pad each expert's
     tokens to the tile, and load block scales inside the K loop."""
+    seq_overhead_us: float = 20.0
+    """Host time per running sequence per step: the engine loop's bookkeeping that grows with the batch
+    (scheduling each request, appending its token, stop checks, streaming its output to the front end), in
+    Python in all three engines. ~10-30 µs a request in vLLM V1, SGLang and TensorRT-LLM's PyTorch executor;
+    it is what makes TPOT grow with the batch faster than the KV reads alone."""
     eager_layer_us: float = 0.0
     """Host time to issue one decoder layer's kernels in a step that runs outside a CUDA graph. Decode-only
     steps replay captured graphs (one launch per step), but a step carrying prefill tokens has a token count
@@ -288,9 +293,9 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
     # request_overhead_ms, moe_gemm_eta and eager_layer_us are the only fitted constants
     # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
     # and bounds there); the rest are host-side figures of each engine.
-    "vllm": BackendProfile("vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=450.0),
-    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0),
-    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 90.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=450.0),
+    "vllm": BackendProfile("vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0),
+    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=450.0),
+    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 95.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=300.0),
 }
 
 

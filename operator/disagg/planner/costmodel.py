@@ -383,7 +383,8 @@ class Engine:
         moe = (batch / self.pp + pf * max(1, min(prefill_ranks, self.dp))) if self.dp > 1 else micro + pf
         stage = self._stage_time(micro + pf, micro * ctx + pf, micro * ctx + prefill_pairs / self.pp, micro, moe)
         step = self.pp * stage + self._p2p_time(micro + pf) + self.step_floor
-        return max(step, self.eager_floor) if prefill_tokens > 0 else step
+        step = max(step, self.eager_floor) if prefill_tokens > 0 else step
+        return step + rank_batch * self.backend.seq_overhead_us * 1e-6
 
     def prefill_chunks(self, isl: int, cached: int = 0) -> list[tuple[int, float]]:
         """(new tokens, query-key pairs) of each chunk one prompt is prefilled in."""
