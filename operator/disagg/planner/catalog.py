@@ -274,6 +274,11 @@ class BackendProfile:
     MoE kernel class (Triton ``fused_moe`` in vLLM and SGLang, CUTLASS grouped GEMMs in TensorRT-LLM) run
     many small per-expert problems (a few hundred tokens by a sliced intermediate), pad each expert's
     tokens to the tile, and load block scales inside the K loop."""
+    output_lag_steps: int = 0
+    """Engine steps between a token being computed and it leaving the engine. With an overlap scheduler
+    (TensorRT-LLM's PyTorch executor and SGLang, on by default) the host processes step n's outputs while the
+    GPU runs step n+1, so every token, the first included, is streamed one step late; TPOT is unchanged (the
+    whole stream shifts), TTFT grows by one decode step. vLLM 0.12 runs its scheduler synchronously by default."""
     seq_overhead_us: float = 20.0
     """Host time per running sequence per step: the engine loop's bookkeeping that grows with the batch
     (scheduling each request, appending its token, stop checks, streaming its output to the front end), in
@@ -294,8 +299,12 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
     # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
     # and bounds there); the rest are host-side figures of each engine.
     "vllm": BackendProfile("vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0),
-    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=450.0),
-    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 85.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=600.0),
+    "sglang": BackendProfile(
+        "sglang", 1.0, 1.2, 25.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=300.0, output_lag_steps=1
+    ),
+    "trtllm": BackendProfile(
+        "trtllm", 0.5, 1.0, 80.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=600.0, output_lag_steps=1
+    ),
 }
 
 

@@ -8,7 +8,8 @@ every step decodes all running sequences and may carry a prefill chunk. The unkn
 * the prefill share of engine time ``u = X * (extra step time the prompt's chunks add)``;
 * ``TPOT = T_decode(B, ISL + OSL/2) / (1 - u)``: decode steps stretched by prefill chunks;
 * ``TTFT = request overhead + half a step (arrival mid-step) + queueing behind other prompts
-  (M/D/1 wait at utilisation u, at most C-1 prompts) + the prompt's own chunks``;
+  (M/D/1 wait at utilisation u, at most C-1 prompts) + the prompt's own chunks`` (+ one decode step
+  under an overlap scheduler, which streams every token one step late);
 * when the KV cache holds fewer than C sequences, the extra clients wait for a slot (Little's law
   on the engine's sequence slots bounds X).
 
@@ -106,6 +107,7 @@ def estimate_closed_loop(
         group = max(1, min(concurrency, slots, engine.chunk // new_tokens))
     chunks = [(t * group, p * group) for t, p in chunks]
     overhead = engine.backend.request_overhead_ms / 1e3
+    lag = engine.backend.output_lag_steps  # an overlap scheduler streams each token one step late
     pf_alone = engine.prefill_time(isl, cached=cached)
 
     ttft = pf_alone + overhead
@@ -126,7 +128,7 @@ def estimate_closed_loop(
         u_any = 1.0 - (1.0 - u) ** engine.dp
         new_tpot = t_dec / (1.0 - min(MAX_UTILISATION, u_any))
         wait = min(u * extra / (2.0 * (1.0 - u)), max(0.0, concurrency / group / engine.dp - 1) * extra)
-        new_ttft = overhead + 0.5 * t_dec + wait + service
+        new_ttft = overhead + (0.5 + lag) * t_dec + wait + service
         # Sequence slots: at most `slots` requests are inside the engine; the rest queue outside.
         x_slots = slots / (service + osl * new_tpot)
         if concurrency / (new_ttft + osl * new_tpot) > x_slots:
@@ -140,7 +142,7 @@ def estimate_closed_loop(
     if engine.backend.lockstep == "wave":
         waves = 1.0
     if waves > 0:
-        burst = _burst_ttft(engine, min(concurrency, slots), isl, cached, mean_ctx) + overhead
+        burst = _burst_ttft(engine, min(concurrency, slots), isl, cached, mean_ctx) + overhead + lag * t_dec
         ttft = steady_ttft + max(0.0, burst - steady_ttft) / waves
     x = concurrency / (ttft + osl * tpot)
     return ClosedLoopEstimate(
