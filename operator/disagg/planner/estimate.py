@@ -77,6 +77,23 @@ def _burst_ttft(engine: Engine, clients: int, isl: int, cached: int, mean_ctx: f
     return total_ttft / clients
 
 
+def _wave_tpot(engine: Engine, clients: int, isl: int, osl: int, cached: int, mean_ctx: float) -> float:
+    """TPOT under prefill-first scheduling with the clients in lock-step (SGLang): each wave's prompts are
+    prefilled in ``J`` budget-sized steps while decode waits, and nothing is prefilled while the wave decodes.
+    A prompt finished in step ``j`` sits through the ``J - j`` prefill steps after its first token, (J - 1) / 2
+    on average, spread over its ``osl - 1`` inter-token gaps."""
+    ranks = max(1, min(engine.dp, clients))
+    per_rank = math.ceil(clients / ranks)
+    chunks = engine.prefill_chunks(isl, cached)
+    tokens = sum(t for t, _ in chunks) * per_rank
+    pairs = sum(p for _, p in chunks) * per_rank
+    budget = max(engine.chunk, 1)
+    steps = max(1, math.ceil(tokens / budget))
+    step = engine.prefill_step_time(min(budget, tokens), pairs / steps, ranks) if tokens > 0 else 0.0
+    t_dec = engine.decode_step_time(clients, mean_ctx)
+    return t_dec + (steps - 1) / 2.0 * step / max(1, osl - 1)
+
+
 def estimate_closed_loop(
     engine: Engine, concurrency: int, isl: int, osl: int, cached: int = 0, waves: float = 0.0
 ) -> ClosedLoopEstimate:
@@ -141,6 +158,7 @@ def estimate_closed_loop(
     steady_ttft = ttft
     if engine.backend.lockstep == "wave":
         waves = 1.0
+        tpot = _wave_tpot(engine, min(concurrency, slots), isl, osl, cached, mean_ctx)
     if waves > 0:
         burst = _burst_ttft(engine, min(concurrency, slots), isl, cached, mean_ctx) + overhead + lag * t_dec
         ttft = steady_ttft + max(0.0, burst - steady_ttft) / waves
