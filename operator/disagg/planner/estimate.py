@@ -69,7 +69,10 @@ def _burst_ttft(engine: Engine, clients: int, isl: int, cached: int, mean_ctx: f
     while finished < clients and done_tokens < total_tokens:
         step = min(budget, total_tokens - done_tokens)
         pairs = pairs_per_prompt * step / max(per_prompt, 1)
-        clock += engine.decode_step_time(finished * ranks, mean_ctx, step, pairs, prefill_ranks=ranks)
+        # Prefill-first (wave) scheduling runs the wave's prefill steps alone; otherwise finished prompts
+        # decode in the steps that carry the rest.
+        decoding = 0 if engine.backend.lockstep == "wave" else finished * ranks
+        clock += engine.decode_step_time(decoding, mean_ctx, step, pairs, prefill_ranks=ranks)
         done_tokens += step
         now_finished = min(clients, int(done_tokens / max(per_prompt, 1) + 1e-9))
         total_ttft += (now_finished - finished) * clock
