@@ -300,7 +300,7 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
     # and bounds there); the rest are host-side figures of each engine.
     "vllm": BackendProfile("vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0),
     "sglang": BackendProfile(
-        "sglang", 1.0, 1.2, 20.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
+        "sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),
     "trtllm": BackendProfile(
         "trtllm", 0.5, 1.0, 80.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=600.0, output_lag_steps=1
