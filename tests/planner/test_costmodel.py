@@ -193,3 +193,11 @@ def test_the_busiest_ep_rank_sets_the_moe_step() -> None:
     # Routed GEMM work: binomial share of the token-expert pairs, the fullest rank waits longest.
     assert tp8._routed_imbalance(1024) == 1.0
     assert 1.0 < ep8._routed_imbalance(8192) < ep8._routed_imbalance(64) < 2.0
+
+
+def test_vllm_replays_piecewise_graphs_for_small_mixed_steps() -> None:
+    e = engine(tp=4, weights="fp8", kv_dtype="fp8")
+    assert VLLM.graph_tokens == 512
+    small = e.decode_step_time(16, 2048, 256, 256 * 1024)  # 272 tokens: inside the captured sizes
+    assert small < e.eager_floor
+    assert e.decode_step_time(16, 2048, 1024, 1024 * 1024) >= e.eager_floor  # 1,040 tokens: eager

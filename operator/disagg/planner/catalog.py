@@ -284,6 +284,10 @@ class BackendProfile:
     (scheduling each request, appending its token, stop checks, streaming its output to the front end), in
     Python in all three engines. ~10-30 µs a request in vLLM V1, SGLang and TensorRT-LLM's PyTorch executor;
     it is what makes TPOT grow with the batch faster than the KV reads alone."""
+    graph_tokens: int = 0
+    """Largest step (tokens, decode and prefill together) the engine still replays from a captured CUDA graph
+    when it carries prefill tokens: vLLM V1 captures piecewise graphs for mixed batches up to 512 tokens;
+    SGLang and TensorRT-LLM capture decode-only batches, so any step with prefill tokens runs eagerly."""
     eager_layer_us: float = 0.0
     """Host time to issue one decoder layer's kernels in a step that runs outside a CUDA graph. Decode-only
     steps replay captured graphs (one launch per step), but a step carrying prefill tokens has a token count
@@ -298,7 +302,9 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
     # request_overhead_ms, moe_gemm_eta and eager_layer_us are the only fitted constants
     # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
     # and bounds there); the rest are host-side figures of each engine.
-    "vllm": BackendProfile("vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0),
+    "vllm": BackendProfile(
+        "vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0, graph_tokens=512
+    ),
     "sglang": BackendProfile(
         "sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),

@@ -358,10 +358,11 @@ class Engine:
 
     @cached_property
     def eager_floor(self) -> float:
-        """Least time of a step that carries prefill tokens: such a step runs outside a CUDA graph, so the host
-        dispatches every layer's operators (``BackendProfile.eager_layer_us`` per dense layer, half again per
-        MoE layer), plus the engine's per-step scheduling. The launches run ahead of the GPU asynchronously,
-        so the step takes the longer of this and its kernels."""
+        """Least time of a step that carries prefill tokens (more tokens than ``BackendProfile.graph_tokens``):
+        such a step runs outside a CUDA graph, so the host dispatches every layer's operators
+        (``BackendProfile.eager_layer_us`` per dense layer, half again per MoE layer), plus the engine's
+        per-step scheduling. The launches run ahead of the GPU asynchronously, so the step takes the longer of
+        this and its kernels."""
         m = self.model
         layers = m.layers + MOE_EXTRA_KERNELS * m.moe_layers / KERNELS_PER_LAYER
         return self.backend.step_overhead_ms * 1e-3 + layers * self.backend.eager_layer_us * 1e-6
@@ -396,7 +397,8 @@ class Engine:
         moe = (batch / self.pp + pf * max(1, min(prefill_ranks, self.dp))) if self.dp > 1 else micro + pf
         stage = self._stage_time(micro + pf, micro * ctx + pf, micro * ctx + prefill_pairs / self.pp, micro, moe)
         step = self.pp * stage + self._p2p_time(micro + pf) + self.step_floor
-        step = max(step, self.eager_floor) if prefill_tokens > 0 else step
+        if prefill_tokens > 0 and rank_batch + prefill_tokens > self.backend.graph_tokens:
+            step = max(step, self.eager_floor)
         return step + rank_batch * self.backend.seq_overhead_us * 1e-6
 
     def prefill_chunks(self, isl: int, cached: int = 0) -> list[tuple[int, float]]:
@@ -436,7 +438,8 @@ class Engine:
         rank (``ranks`` DP ranks each running such a chunk at once: their tokens all reach the experts)."""
         moe = tokens * max(1, min(ranks, self.dp))
         stage = self._stage_time(tokens, tokens, pairs / self.pp, sampled=0.0, moe_tokens=moe)
-        return max(self.pp * stage + self._p2p_time(tokens) + self.step_floor, self.eager_floor)
+        step = self.pp * stage + self._p2p_time(tokens) + self.step_floor
+        return max(step, self.eager_floor) if tokens > self.backend.graph_tokens else step
 
     def kv_transfer_bytes(self, tokens: int) -> float:
         """KV bytes of ``tokens`` prompt tokens, all ranks together (what moves prefill -> decode)."""
