@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, profile in fitted.profiles.items():
             print(
                 f"fitted {name:<7} request_overhead_ms={profile.request_overhead_ms:g} "
-                f"moe_gemm_eta={profile.moe_gemm_eta:g} ({fitted.rows[name]} rows)"
+                f"moe_gemm_eta={profile.moe_gemm_eta:g} eager_layer_us={profile.eager_layer_us:g} "
+                f"({fitted.rows[name]} rows)"
             )
     if args.write_bands and args.no_cv:
         parser.error("--write-bands needs the cross-validation")
@@ -91,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         print("leave-one-group-out (fitted constants refitted without the held-out group):")
         print(
             f"{'held out':<26}{'rows':>5}{'TTFT med':>10}{'<=20%':>7}{'TPOT med':>10}{'<=20%':>7}   "
-            "fitted overhead ms / MoE eta (vllm, sglang, trtllm)"
+            "fitted overhead ms / MoE eta / eager us per layer (vllm, sglang, trtllm)"
         )
         for fold in cv.folds:
             acc = fold.accuracy
-            consts = ", ".join(f"{p.request_overhead_ms:g}/{p.moe_gemm_eta:g}" for p in fold.profiles.values())
+            consts = ", ".join(
+                f"{p.request_overhead_ms:g}/{p.moe_gemm_eta:g}/{p.eager_layer_us:g}" for p in fold.profiles.values()
+            )
             print(
                 f"{fold.grouping + ' ' + fold.group:<26}{acc.rows:>5}{acc.ttft_median:>10.1%}{acc.ttft_within_20:>7.0%}"
                 f"{acc.tpot_median:>10.1%}{acc.tpot_within_20:>7.0%}   {consts}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from disagg.planner.catalog import PlanningError, get_backend, get_gpu, get_model
-from disagg.planner.costmodel import Engine
+from disagg.planner.costmodel import Engine, _max_of_normals
 
 VLLM = get_backend("vllm")
 
@@ -142,3 +144,60 @@ def test_moe_layers_add_router_kernels_to_the_floor() -> None:
     per_layer_floor = moe.gpu.eff.layer_floor_us * 1e-6
     host = moe.backend.step_overhead_ms * 1e-3
     assert moe.step_floor - host == pytest.approx(1.5 * moe.model.layers * per_layer_floor)
+
+
+def test_a_prefill_step_lasts_at_least_its_eager_dispatch() -> None:
+    """A step carrying prefill tokens runs outside a CUDA graph: it cannot end before the host has issued every
+    layer's operators (an MoE layer half again as many), while decode-only steps replay a graph."""
+    trt = get_backend("trtllm")
+    moe = Engine(get_model("qwen3-235b-a22b"), get_gpu("h100-sxm"), trt, tp=8, ep=8, weights="fp8")
+    host = trt.step_overhead_ms * 1e-3 + 1.5 * moe.model.layers * trt.eager_layer_us * 1e-6
+    assert moe.eager_floor == pytest.approx(host)
+    short = moe.prefill_step_time(128, 128 * 64)
+    assert short == pytest.approx(host)  # 128 tokens of GPU work are shorter than their dispatch
+    assert moe.decode_step_time(8, 1024) < host  # graph replay: no per-operator dispatch
+    assert moe.decode_step_time(8, 1024, 128, 128 * 64) >= host  # a mixed step is eager too
+    long = moe.prefill_step_time(8192, 8192 * 4096)
+    assert long > 1.5 * host  # a long prompt's kernels hide the dispatch
+    no_host = dataclasses.replace(trt, eager_layer_us=0.0)
+    bare = Engine(moe.model, moe.gpu, no_host, tp=8, ep=8, weights="fp8")
+    assert bare.prefill_step_time(8192, 8192 * 4096) == pytest.approx(long)
+    assert bare.prefill_step_time(128, 128 * 64) < short
+
+
+def test_each_running_sequence_costs_host_time_per_step() -> None:
+    e = engine(tp=4, weights="fp8", kv_dtype="fp8")
+    none = Engine(e.model, e.gpu, dataclasses.replace(VLLM, seq_overhead_us=0.0), tp=4, weights="fp8", kv_dtype="fp8")
+    for batch in (1, 16, 64):
+        extra = e.decode_step_time(batch, 2048) - none.decode_step_time(batch, 2048)
+        assert extra == pytest.approx(batch * VLLM.seq_overhead_us * 1e-6)
+
+
+def test_expected_maximum_of_normals() -> None:
+    assert _max_of_normals(1) == 0.0
+    # Exact expected maxima of 2, 4, 8 and 16 standard normals; Blom's approximation is within 0.03.
+    for n, value in ((2, 0.564), (4, 1.029), (8, 1.424), (16, 1.766)):
+        assert _max_of_normals(n) == pytest.approx(value, abs=0.03)
+
+
+def test_the_busiest_ep_rank_sets_the_moe_step() -> None:
+    model = get_model("qwen3-235b-a22b")
+    tp8 = Engine(model, get_gpu("h100-sxm"), VLLM, tp=8, weights="fp8")
+    ep8 = Engine(model, get_gpu("h100-sxm"), VLLM, tp=8, ep=8, weights="fp8")
+    for tokens in (1, 4, 16, 64):
+        even = tp8._expert_reads(tokens)
+        assert even < ep8._expert_reads(tokens) <= model.experts  # uneven ranks read more per step
+    # A few experts touched: the busiest of 8 ranks holds well above an eighth of them, never all.
+    assert ep8._expert_reads(1) < 3 * tp8._expert_reads(1)
+    assert ep8._expert_reads(4096) == pytest.approx(model.experts)
+    # Routed GEMM work: binomial share of the token-expert pairs, the fullest rank waits longest.
+    assert tp8._routed_imbalance(1024) == 1.0
+    assert 1.0 < ep8._routed_imbalance(8192) < ep8._routed_imbalance(64) < 2.0
+
+
+def test_vllm_replays_piecewise_graphs_for_small_mixed_steps() -> None:
+    e = engine(tp=4, weights="fp8", kv_dtype="fp8")
+    assert VLLM.graph_tokens == 512
+    small = e.decode_step_time(16, 2048, 256, 256 * 1024)  # 272 tokens: inside the captured sizes
+    assert small < e.eager_floor
+    assert e.decode_step_time(16, 2048, 1024, 1024 * 1024) >= e.eager_floor  # 1,040 tokens: eager

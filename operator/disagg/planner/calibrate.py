@@ -1,11 +1,14 @@
 """The few backend constants fitted to measured runs, and leave-one-group-out cross-validation.
 
 Everything in the cost model is a datasheet figure or a per-generation efficiency (catalog.py), except
-two constants per serving backend that no datasheet gives:
+three constants per serving backend that no datasheet gives:
 
 * ``request_overhead_ms``: the time to first token spent outside the GPU (HTTP, tokenisation, the
   streamed first chunk), which depends on the serving front end and the benchmark harness;
-* ``moe_gemm_eta``: how close the engine's grouped MoE GEMMs come to a dense GEMM (kernel class).
+* ``moe_gemm_eta``: how close the engine's grouped MoE GEMMs come to a dense GEMM (kernel class);
+* ``eager_layer_us``: the host time to dispatch one layer's operators in a step that runs outside a CUDA
+  graph (any step carrying prefill tokens), which depends on how the engine's model code runs (PyTorch
+  eager, torch.compile, C++).
 
 They are fitted per backend on the rows given (bounded grids, a few seconds), starting from physical
 priors that also stand in for a backend with no rows in the training set. ``cross_validate`` holds out
@@ -26,18 +29,22 @@ from disagg.planner.catalog import BACKEND_PROFILES, BackendProfile, get_backend
 from disagg.planner.measured import Accuracy, Comparison, accuracy, compare_rows
 from disagg.planner.uncertainty import family
 
-PRIORS: dict[str, tuple[float, float]] = {
-    # (request overhead ms, MoE grouped-GEMM efficiency). Front ends: vLLM's OpenAI server ~20-40 ms
-    # (tokenise, schedule, detokenise the first chunk), SGLang similar; TensorRT-LLM's trtllm-serve the
-    # same order. Grouped GEMMs: Triton fused_moe ~0.5 of a dense cuBLAS/CUTLASS GEMM at prefill sizes,
-    # CUTLASS grouped GEMM ~0.8.
-    "vllm": (30.0, 0.5),
-    "sglang": (40.0, 0.5),
-    "trtllm": (30.0, 0.8),
+PRIORS: dict[str, tuple[float, float, float]] = {
+    # (request overhead ms, MoE grouped-GEMM efficiency, eager host time per layer µs). Front ends: vLLM's
+    # OpenAI server ~20-40 ms (tokenise, schedule, detokenise the first chunk), SGLang similar; TensorRT-LLM's
+    # trtllm-serve the same order. Grouped GEMMs: Triton fused_moe ~0.5 of a dense cuBLAS/CUTLASS GEMM at
+    # prefill sizes, CUTLASS grouped GEMM ~0.8. Eager dispatch: ~20 operators per decoder layer at ~10-15 µs
+    # each in a PyTorch-eager model (SGLang, TensorRT-LLM's PyTorch flow), a third of that for vLLM's
+    # torch.compile'd graph (Inductor fuses the element-wise operators and dispatches from C++).
+    "vllm": (30.0, 0.5, 100.0),
+    "sglang": (40.0, 0.5, 250.0),
+    "trtllm": (30.0, 0.8, 250.0),
 }
 OVERHEAD_GRID_MS = tuple(float(v) for v in range(10, 155, 5))
 """Physically plausible front-end + harness overheads (a grid edge that wins says the model misses something)."""
 MOE_ETA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
+EAGER_GRID_US = (0.0, 100.0, 200.0, 300.0, 450.0, 600.0)
+"""Host time per layer of an eager step: from fully hidden (0) to ~30 operators of 20 µs (0.6 ms)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,10 @@ def _backend(row: Mapping[str, str]) -> str | None:
         return None
 
 
-def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2) -> Fit:
-    """Fit each backend's two constants on ``rows`` (MoE efficiency on every ``moe_stride``-th MoE row, to
-    keep the search bounded; the overhead on all of that backend's rows)."""
+def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int = 2) -> Fit:
+    """Fit each backend's three constants on ``rows``: the eager host time per layer (with the overhead that
+    suits each trial value) on every ``eager_stride``-th row, the MoE efficiency on every ``moe_stride``-th MoE
+    row (strides keep the search bounded), then the overhead on all of that backend's rows."""
     by_backend: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         name = _backend(row)
@@ -87,15 +95,22 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2) -> Fit:
     profiles: dict[str, BackendProfile] = {}
     counts: dict[str, int] = {}
     for name, base in BACKEND_PROFILES.items():
-        overhead, eta = PRIORS[name]
-        prior = dataclasses.replace(base, request_overhead_ms=overhead, moe_gemm_eta=eta)
+        overhead, eta, eager = PRIORS[name]
+        prior = dataclasses.replace(base, request_overhead_ms=overhead, moe_gemm_eta=eta, eager_layer_us=eager)
         mine = by_backend.get(name, [])
         counts[name] = len(mine)
         if not mine:
             profiles[name] = prior
             continue
-        comps, _ = compare_rows(mine, backends={name: prior})
-        prior = dataclasses.replace(prior, request_overhead_ms=_fit_overhead(comps, prior.request_overhead_ms))
+        scored_eager = []
+        for value in EAGER_GRID_US:
+            trial = dataclasses.replace(prior, eager_layer_us=value)
+            comps, _ = compare_rows(mine[::eager_stride], backends={name: trial})
+            shift = _fit_overhead(comps, trial.request_overhead_ms) - trial.request_overhead_ms
+            err = _balanced(comps, _shifted_ttft_error(shift)) + _balanced(comps, lambda c: c.tpot_error)
+            scored_eager.append((err, value, trial.request_overhead_ms + shift))
+        _, eager, overhead = min(scored_eager)
+        prior = dataclasses.replace(prior, eager_layer_us=eager, request_overhead_ms=overhead)
         moe_rows = [r for r in mine if _is_moe(r)][::moe_stride]
         if moe_rows:
             scored = []

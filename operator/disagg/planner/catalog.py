@@ -274,15 +274,43 @@ class BackendProfile:
     MoE kernel class (Triton ``fused_moe`` in vLLM and SGLang, CUTLASS grouped GEMMs in TensorRT-LLM) run
     many small per-expert problems (a few hundred tokens by a sliced intermediate), pad each expert's
     tokens to the tile, and load block scales inside the K loop."""
+    output_lag_steps: int = 0
+    """Engine steps between a token being computed and it leaving the engine. With an overlap scheduler
+    (TensorRT-LLM's PyTorch executor and SGLang, on by default) the host processes step n's outputs while the
+    GPU runs step n+1, so every token, the first included, is streamed one step late; TPOT is unchanged (the
+    whole stream shifts), TTFT grows by one decode step. vLLM 0.12 runs its scheduler synchronously by default."""
+    seq_overhead_us: float = 20.0
+    """Host time per running sequence per step: the engine loop's bookkeeping that grows with the batch
+    (scheduling each request, appending its token, stop checks, streaming its output to the front end), in
+    Python in all three engines. ~10-30 µs a request in vLLM V1, SGLang and TensorRT-LLM's PyTorch executor;
+    it is what makes TPOT grow with the batch faster than the KV reads alone."""
+    graph_tokens: int = 0
+    """Largest step (tokens, decode and prefill together) the engine still replays from a captured CUDA graph
+    when it carries prefill tokens: vLLM V1 captures piecewise graphs for mixed batches up to 512 tokens;
+    SGLang and TensorRT-LLM capture decode-only batches, so any step with prefill tokens runs eagerly."""
+    eager_layer_us: float = 0.0
+    """Host time to issue one decoder layer's kernels in a step that runs outside a CUDA graph. Decode-only
+    steps replay captured graphs (one launch per step), but a step carrying prefill tokens has a token count
+    no graph was captured for, so the engine's Python/C++ code dispatches every operator of every layer
+    (module calls, custom-op wrappers, attention metadata, activation quantisation, then the CUDA launch).
+    Launches are asynchronous, so this host time hides behind the GPU's work unless the step's kernels are
+    shorter than their dispatch: short prefills of deep models (an MoE layer dispatches half again as many
+    operators) are host-bound."""
 
 
 BACKEND_PROFILES: dict[str, BackendProfile] = {
-    # request_overhead_ms and moe_gemm_eta are the only fitted constants (disagg.planner.calibrate.fit on
-    # every measured row, `python bench/planner_accuracy.py --fit`; priors and bounds there); the rest are
-    # host-side figures of each engine.
-    "vllm": BackendProfile("vllm", 1.2, 1.3, 15.0, 8192, "none", moe_gemm_eta=0.4),
-    "sglang": BackendProfile("sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3),
-    "trtllm": BackendProfile("trtllm", 0.5, 1.0, 90.0, 8192, "none", moe_gemm_eta=0.85),
+    # request_overhead_ms, moe_gemm_eta and eager_layer_us are the only fitted constants
+    # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
+    # and bounds there); the rest are host-side figures of each engine.
+    "vllm": BackendProfile(
+        "vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0, graph_tokens=512
+    ),
+    "sglang": BackendProfile(
+        "sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
+    ),
+    "trtllm": BackendProfile(
+        "trtllm", 0.5, 1.0, 80.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=600.0, output_lag_steps=1
+    ),
 }
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
+from statistics import NormalDist
 
 from disagg.planner.catalog import (
     BYTES_PER_PARAM,
@@ -31,6 +32,15 @@ gate/up, activation, down) that the per-layer floor of ``Generation.layer_floor_
 MOE_EXTRA_KERNELS = 6
 """Kernels an MoE layer adds to a dense MLP's: router GEMM, softmax/top-k, token sort, expert-block
 alignment, gather into expert order (permute) and the weighted scatter-reduce back (unpermute)."""
+
+
+@cache
+def _max_of_normals(n: int) -> float:
+    """Expected largest of ``n`` independent standard normal draws (Blom's approximation of the order
+    statistic, within 0.03 of the exact 0.56, 1.03, 1.42, 1.77 for 2, 4, 8, 16)."""
+    if n <= 1:
+        return 0.0
+    return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
 
 
 @dataclass(frozen=True)
@@ -194,12 +204,25 @@ class Engine:
         m = self.model
         if not m.is_moe or tokens <= 0:
             return 0.0
-        touched: float = m.experts * (1.0 - (1.0 - m.top_k / m.experts) ** float(tokens))
+        hit = 1.0 - (1.0 - m.top_k / m.experts) ** float(tokens)  # chance a given expert is routed to
+        touched: float = m.experts * hit
         if self.ep > 1:
-            # The slowest rank sets the step: experts land unevenly over EP ranks at small batches.
-            per_rank = touched / self.ep
-            touched = min(float(m.experts), self.ep * (per_rank + math.sqrt(per_rank)))
+            # The slowest rank sets the step: each rank's count of touched experts among its E/ep is binomial
+            # (mean E/ep * hit, variance E/ep * hit * (1 - hit)); the step waits for the largest of ep counts.
+            local = m.experts / self.ep
+            busiest = local * hit + _max_of_normals(self.ep) * math.sqrt(local * hit * (1.0 - hit))
+            touched = min(float(m.experts), self.ep * busiest)
         return touched
+
+    def _routed_imbalance(self, tokens: float) -> float:
+        """Busiest EP rank's routed token-expert pairs over the mean: each rank's share of the ``tokens * top_k``
+        pairs is binomial, and the MoE layer waits for the fullest rank (the expected maximum of ``ep`` draws,
+        see ``_max_of_normals``). Random routing is the floor; trained routers are more skewed."""
+        m = self.model
+        if self.ep <= 1 or tokens <= 0 or not m.is_moe:
+            return 1.0
+        mean = tokens * m.top_k / self.ep
+        return 1.0 + _max_of_normals(self.ep) * math.sqrt((1.0 - 1.0 / self.ep) / mean)
 
     @cached_property
     def _linear_rates(self) -> tuple[float, float, float, float, float]:
@@ -242,7 +265,8 @@ class Engine:
         per_token, lm_head, routed, always_s, expert_s = self._linear_rates
         moe = tokens if moe_tokens is None else moe_tokens
         read = always_s + expert_s * self._expert_reads(moe)
-        compute = per_token * tokens + routed * moe + lm_head * (tokens if sampled is None else sampled)
+        routed_s = routed * moe * self._routed_imbalance(moe)
+        compute = per_token * tokens + routed_s + lm_head * (tokens if sampled is None else sampled)
         return max(read, compute)
 
     @cached_property
@@ -332,6 +356,17 @@ class Engine:
         kernels = m.layers + MOE_EXTRA_KERNELS * m.moe_layers / KERNELS_PER_LAYER
         return self.backend.step_overhead_ms * 1e-3 + kernels * self.gpu.eff.layer_floor_us * 1e-6
 
+    @cached_property
+    def eager_floor(self) -> float:
+        """Least time of a step that carries prefill tokens (more tokens than ``BackendProfile.graph_tokens``):
+        such a step runs outside a CUDA graph, so the host dispatches every layer's operators
+        (``BackendProfile.eager_layer_us`` per dense layer, half again per MoE layer), plus the engine's
+        per-step scheduling. The launches run ahead of the GPU asynchronously, so the step takes the longer of
+        this and its kernels."""
+        m = self.model
+        layers = m.layers + MOE_EXTRA_KERNELS * m.moe_layers / KERNELS_PER_LAYER
+        return self.backend.step_overhead_ms * 1e-3 + layers * self.backend.eager_layer_us * 1e-6
+
     def decode_step_time(
         self,
         batch: float,
@@ -361,7 +396,10 @@ class Engine:
         pf = prefill_tokens / self.pp
         moe = (batch / self.pp + pf * max(1, min(prefill_ranks, self.dp))) if self.dp > 1 else micro + pf
         stage = self._stage_time(micro + pf, micro * ctx + pf, micro * ctx + prefill_pairs / self.pp, micro, moe)
-        return self.pp * stage + self._p2p_time(micro + pf) + self.step_floor
+        step = self.pp * stage + self._p2p_time(micro + pf) + self.step_floor
+        if prefill_tokens > 0 and rank_batch + prefill_tokens > self.backend.graph_tokens:
+            step = max(step, self.eager_floor)
+        return step + rank_batch * self.backend.seq_overhead_us * 1e-6
 
     def prefill_chunks(self, isl: int, cached: int = 0) -> list[tuple[int, float]]:
         """(new tokens, query-key pairs) of each chunk one prompt is prefilled in."""
@@ -400,7 +438,8 @@ class Engine:
         rank (``ranks`` DP ranks each running such a chunk at once: their tokens all reach the experts)."""
         moe = tokens * max(1, min(ranks, self.dp))
         stage = self._stage_time(tokens, tokens, pairs / self.pp, sampled=0.0, moe_tokens=moe)
-        return self.pp * stage + self._p2p_time(tokens) + self.step_floor
+        step = self.pp * stage + self._p2p_time(tokens) + self.step_floor
+        return max(step, self.eager_floor) if tokens > self.backend.graph_tokens else step
 
     def kv_transfer_bytes(self, tokens: int) -> float:
         """KV bytes of ``tokens`` prompt tokens, all ranks together (what moves prefill -> decode)."""

@@ -8,7 +8,8 @@ every step decodes all running sequences and may carry a prefill chunk. The unkn
 * the prefill share of engine time ``u = X * (extra step time the prompt's chunks add)``;
 * ``TPOT = T_decode(B, ISL + OSL/2) / (1 - u)``: decode steps stretched by prefill chunks;
 * ``TTFT = request overhead + half a step (arrival mid-step) + queueing behind other prompts
-  (M/D/1 wait at utilisation u, at most C-1 prompts) + the prompt's own chunks``;
+  (M/D/1 wait at utilisation u, at most C-1 prompts) + the prompt's own chunks`` (+ one decode step
+  under an overlap scheduler, which streams every token one step late);
 * when the KV cache holds fewer than C sequences, the extra clients wait for a slot (Little's law
   on the engine's sequence slots bounds X).
 
@@ -68,12 +69,32 @@ def _burst_ttft(engine: Engine, clients: int, isl: int, cached: int, mean_ctx: f
     while finished < clients and done_tokens < total_tokens:
         step = min(budget, total_tokens - done_tokens)
         pairs = pairs_per_prompt * step / max(per_prompt, 1)
-        clock += engine.decode_step_time(finished * ranks, mean_ctx, step, pairs, prefill_ranks=ranks)
+        # Prefill-first (wave) scheduling runs the wave's prefill steps alone; otherwise finished prompts
+        # decode in the steps that carry the rest.
+        decoding = 0 if engine.backend.lockstep == "wave" else finished * ranks
+        clock += engine.decode_step_time(decoding, mean_ctx, step, pairs, prefill_ranks=ranks)
         done_tokens += step
         now_finished = min(clients, int(done_tokens / max(per_prompt, 1) + 1e-9))
         total_ttft += (now_finished - finished) * clock
         finished = now_finished
     return total_ttft / clients
+
+
+def _wave_tpot(engine: Engine, clients: int, isl: int, osl: int, cached: int, mean_ctx: float) -> float:
+    """TPOT under prefill-first scheduling with the clients in lock-step (SGLang): each wave's prompts are
+    prefilled in ``J`` budget-sized steps while decode waits, and nothing is prefilled while the wave decodes.
+    A prompt finished in step ``j`` sits through the ``J - j`` prefill steps after its first token, (J - 1) / 2
+    on average, spread over its ``osl - 1`` inter-token gaps."""
+    ranks = max(1, min(engine.dp, clients))
+    per_rank = math.ceil(clients / ranks)
+    chunks = engine.prefill_chunks(isl, cached)
+    tokens = sum(t for t, _ in chunks) * per_rank
+    pairs = sum(p for _, p in chunks) * per_rank
+    budget = max(engine.chunk, 1)
+    steps = max(1, math.ceil(tokens / budget))
+    step = engine.prefill_step_time(min(budget, tokens), pairs / steps, ranks) if tokens > 0 else 0.0
+    t_dec = engine.decode_step_time(clients, mean_ctx)
+    return t_dec + (steps - 1) / 2.0 * step / max(1, osl - 1)
 
 
 def estimate_closed_loop(
@@ -106,6 +127,7 @@ def estimate_closed_loop(
         group = max(1, min(concurrency, slots, engine.chunk // new_tokens))
     chunks = [(t * group, p * group) for t, p in chunks]
     overhead = engine.backend.request_overhead_ms / 1e3
+    lag = engine.backend.output_lag_steps  # an overlap scheduler streams each token one step late
     pf_alone = engine.prefill_time(isl, cached=cached)
 
     ttft = pf_alone + overhead
@@ -126,7 +148,7 @@ def estimate_closed_loop(
         u_any = 1.0 - (1.0 - u) ** engine.dp
         new_tpot = t_dec / (1.0 - min(MAX_UTILISATION, u_any))
         wait = min(u * extra / (2.0 * (1.0 - u)), max(0.0, concurrency / group / engine.dp - 1) * extra)
-        new_ttft = overhead + 0.5 * t_dec + wait + service
+        new_ttft = overhead + (0.5 + lag) * t_dec + wait + service
         # Sequence slots: at most `slots` requests are inside the engine; the rest queue outside.
         x_slots = slots / (service + osl * new_tpot)
         if concurrency / (new_ttft + osl * new_tpot) > x_slots:
@@ -139,8 +161,9 @@ def estimate_closed_loop(
     steady_ttft = ttft
     if engine.backend.lockstep == "wave":
         waves = 1.0
+        tpot = _wave_tpot(engine, min(concurrency, slots), isl, osl, cached, mean_ctx)
     if waves > 0:
-        burst = _burst_ttft(engine, min(concurrency, slots), isl, cached, mean_ctx) + overhead
+        burst = _burst_ttft(engine, min(concurrency, slots), isl, cached, mean_ctx) + overhead + lag * t_dec
         ttft = steady_ttft + max(0.0, burst - steady_ttft) / waves
     x = concurrency / (ttft + osl * tpot)
     return ClosedLoopEstimate(

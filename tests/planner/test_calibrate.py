@@ -1,0 +1,52 @@
+"""The fitted backend constants and the leave-one-group-out cross-validation (calibrate.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from disagg.planner import calibrate
+from disagg.planner.measured import read_rows
+
+CSV = Path(__file__).resolve().parents[2] / "data" / "serving-measurements" / "measured-dev.csv"
+
+
+def _rows(backend: str, model: str = "Qwen/Qwen3-32B", every: int = 3) -> list[dict[str, str]]:
+    rows = [r for r in read_rows(CSV) if r["backend"] == backend and r["model_path"] == model and r["mode"] == "agg"]
+    return rows[::every]
+
+
+def test_fit_stays_on_its_grids_and_keeps_priors_without_rows() -> None:
+    fitted = calibrate.fit(_rows("vllm"))
+    assert fitted.rows["vllm"] > 0
+    assert fitted.rows["sglang"] == fitted.rows["trtllm"] == 0
+    vllm = fitted.profiles["vllm"]
+    assert vllm.request_overhead_ms in calibrate.OVERHEAD_GRID_MS
+    assert vllm.eager_layer_us in calibrate.EAGER_GRID_US
+    for name in ("sglang", "trtllm"):  # no rows: the physical priors stand in
+        overhead, eta, eager = calibrate.PRIORS[name]
+        profile = fitted.profiles[name]
+        assert (profile.request_overhead_ms, profile.moe_gemm_eta, profile.eager_layer_us) == (overhead, eta, eager)
+
+
+def test_cross_validation_never_fits_on_the_held_out_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = _rows("vllm") + _rows("sglang")
+    seen: list[set[str]] = []
+    real_fit = calibrate.fit
+
+    def spy(train: list[dict[str, str]], *args: int) -> calibrate.Fit:
+        seen.append({r["backend"] for r in train})
+        return real_fit(train, *args)
+
+    monkeypatch.setattr(calibrate, "fit", spy)
+    cv = calibrate.cross_validate(rows, groupings=("backend",))
+    assert [f.group for f in cv.folds] == ["sglang", "vllm"]
+    assert seen == [{"vllm"}, {"sglang"}]  # each fold trained on the other backend only
+    # The held-out sglang fold used the sglang prior (no sglang rows in training), and every supported row
+    # was scored exactly once in the grouping.
+    sglang_fold = cv.folds[0]
+    assert sglang_fold.profiles["sglang"].request_overhead_ms == calibrate.PRIORS["sglang"][0]
+    assert cv.by_grouping["backend"].rows == len(cv.held_out["backend"]) == sum(f.accuracy.rows for f in cv.folds)
+    assert 0 < cv.pooled.ttft_median < 1
+    assert 0 < cv.pooled.tpot_median < 1
