@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
 
-from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, Mode
+from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, Mode, ReplicaRange
 
 PLACEHOLDER_DISAGG_THRESHOLD = 512
-ServingMode = Literal["disaggregated", "aggregated"]
+
+
+class ServingMode(StrEnum):
+    """How a plan serves: ``mode: auto`` in the spec resolves to one of these."""
+
+    DISAGGREGATED = "disaggregated"
+    AGGREGATED = "aggregated"
 
 
 class Role(StrEnum):
@@ -74,9 +79,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         # engine_role_plans and everything built on it read the mode from ``decode`` alone
-        if self.mode == "aggregated" and self.decode is not None:
+        if self.mode == ServingMode.AGGREGATED and self.decode is not None:
             raise ValueError("an aggregated plan must not have a decode role")
-        if self.mode == "disaggregated" and self.decode is None:
+        if self.mode == ServingMode.DISAGGREGATED and self.decode is None:
             raise ValueError("a disaggregated plan must have a decode role")
 
     @property
@@ -90,27 +95,36 @@ class Plan:
         return f"{self.prefill.replicas}P:{self.decode.replicas}D"
 
 
+def clamped_role(bounds: ReplicaRange, tensor_parallel: int, planned: int | None = None) -> tuple[RolePlan, bool]:
+    """(role plan, capped): the planned count (default: the floor) clamped into the spec's replica
+    bounds; without ``max`` the count is fixed (no autoscaling headroom). ``capped`` is true when
+    ``max`` cuts the role below the planned count."""
+    floor, ceiling = bounds.min, bounds.max
+    wanted = floor if planned is None else planned
+    if ceiling is None:
+        count = max(floor, wanted)
+        return RolePlan(replicas=count, max_replicas=count, tensor_parallel=tensor_parallel), False
+    count = min(max(wanted, floor), ceiling)
+    return RolePlan(replicas=count, max_replicas=max(ceiling, count), tensor_parallel=tensor_parallel), count < wanted
+
+
+def router_plan(spec: DisaggregatedModelSpec) -> RolePlan:
+    """The router's floor and ceiling come from the spec alone (it has no GPUs to plan)."""
+    return clamped_role(spec.router.replicas, tensor_parallel=0)[0]
+
+
 def _role_plan(role: EngineRoleSpec, default_tp: int = 1) -> RolePlan:
-    floor = role.replicas.min
-    ceiling = role.replicas.max if role.replicas.max is not None else floor
-    return RolePlan(
-        replicas=floor, max_replicas=max(ceiling, floor), tensor_parallel=role.parallelism.tensor or default_tp
-    )
+    return clamped_role(role.replicas, role.parallelism.tensor or default_tp)[0]
 
 
 def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
     """Replicas from the spec's min, TP from the spec; documented in the module docstring."""
-    mode: ServingMode = "aggregated" if spec.mode == Mode.AGGREGATED else "disaggregated"
+    mode = ServingMode.AGGREGATED if spec.mode == Mode.AGGREGATED else ServingMode.DISAGGREGATED
     threshold = spec.router.disagg_threshold
-    router_floor = spec.router.replicas.min
-    router = RolePlan(
-        replicas=router_floor,
-        max_replicas=max(spec.router.replicas.max or router_floor, router_floor),
-        tensor_parallel=0,
-    )
+    router = router_plan(spec)
     prefill = _role_plan(spec.prefill)
     decode = None
-    if mode == "disaggregated":
+    if mode == ServingMode.DISAGGREGATED:
         decode = _role_plan(spec.decode, default_tp=prefill.tensor_parallel)
     return Plan(
         mode=mode,

@@ -17,8 +17,8 @@ from functools import lru_cache
 
 from disagg.api.spec import DisaggregatedModelSpec
 from disagg.planner.catalog import PlanningError
+from disagg.planner.from_spec import plan_for_spec
 from disagg.planner.plan import Plan, placeholder_plan
-from disagg.planner.search import plan_for_spec
 
 PLANNING_FIELDS = ("model", "mode", "workload", "slo", "accelerator", "kv_transfer", "prefill", "decode", "router")
 
