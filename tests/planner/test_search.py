@@ -103,6 +103,7 @@ def _spec(**over: Any) -> DisaggregatedModelSpec:
         "model": {"name": "meta-llama/Llama-3.1-70B", "preset": "llama-3.1-70b", "dtype": "fp8"},
         "workload": {"inputTokens": {"mean": 8192}, "outputTokens": {"mean": 512}, "requestRate": 10},
         "slo": {"ttft": "3s", "itl": "25ms"},
+        "accelerator": {"type": "h100-sxm"},
     }
     body.update(over)
     return DisaggregatedModelSpec.model_validate(body)

@@ -19,17 +19,18 @@ from disagg.planner.catalog import (
     get_model,
     model_from_config,
     normalise_dtype,
-    tp_candidates,
 )
 from disagg.planner.costmodel import Engine
 from disagg.planner.plan import ServingMode
 from disagg.planner.sizing import (
     Candidate,
     Fabric,
+    Layout,
     SizingContext,
     Workload,
     best,
-    fitting_tps,
+    fitting,
+    layouts,
     size_aggregated,
     size_disaggregated,
 )
@@ -72,11 +73,16 @@ class PlanResult:
         c = candidate or self.chosen
         if self.shape is None:
             raise PlanningError("plan result carries no model shape")
-        common = {"weights": self.weights, "kv_dtype": self.kv_dtype}
-        backend, gpu = get_backend(self.backend), get_gpu(self.gpu)
-        first = Engine(self.shape, gpu, backend, tp=c.prefill_tp, chunk_tokens=c.chunk_tokens, **common)  # type: ignore[arg-type]
-        decode = Engine(self.shape, gpu, backend, tp=c.decode_tp, **common)  # type: ignore[arg-type]
-        return first, decode
+        ctx = SizingContext(
+            self.shape,
+            get_gpu(self.gpu),
+            get_backend(self.backend),
+            self.weights,
+            self.kv_dtype,
+            self.workload,
+            self.fabric,
+        )
+        return ctx.engine(c.prefill_layout, c.chunk_tokens), ctx.engine(c.decode_layout)
 
     def as_dict(self) -> dict[str, Any]:
         def clean(value: Any) -> Any:
@@ -120,20 +126,21 @@ def _context(
     )
 
 
-def _check_floors(ctx: SizingContext, tps: list[int]) -> None:
+def _check_floors(ctx: SizingContext, candidates: list[Layout]) -> None:
     wl = ctx.wl
-    fastest_prefill = min(ctx.engine(t).prefill_time(wl.isl, cached=wl.cached_tokens) for t in tps)
-    fastest_step = min(ctx.engine(t).decode_step_time(1.0, ctx.mean_ctx) for t in tps)
+    fastest_prefill = min(ctx.engine(lay).prefill_time(wl.isl, cached=wl.cached_tokens) for lay in candidates)
+    fastest_step = min(ctx.engine(lay).decode_step_time(1.0, ctx.mean_ctx) for lay in candidates)
     ttft_floor = ctx.overhead + fastest_prefill
+    widest = max(lay.gpus for lay in candidates)
     if ttft_floor > wl.ttft_s:
         raise PlanningError(
             f"TTFT target {wl.ttft_s * 1e3:.0f} ms is below the physical floor of {ttft_floor * 1e3:.0f} ms "
-            f"({wl.new_tokens}-token prefill of {ctx.model.name} on up to {max(tps)}x {ctx.gpu.name})"
+            f"({wl.new_tokens}-token prefill of {ctx.model.name} on up to {widest}x {ctx.gpu.name})"
         )
     if fastest_step > wl.itl_s:
         raise PlanningError(
             f"ITL target {wl.itl_s * 1e3:.1f} ms is below the physical floor of {fastest_step * 1e3:.1f} ms "
-            f"(one decode step of {ctx.model.name} on up to {max(tps)}x {ctx.gpu.name})"
+            f"(one decode step of {ctx.model.name} on up to {widest}x {ctx.gpu.name})"
         )
 
 
@@ -176,18 +183,16 @@ def _decide(
     )
 
 
-def _crossover(ctx: SizingContext, agg_tps: list[int], p_tps: list[int], d_tps: list[int]) -> int | None:
+def _crossover(ctx: SizingContext, agg_ls: list[Layout], p_ls: list[Layout], d_ls: list[Layout]) -> int | None:
     """Smallest prompt length on the grid from which the disaggregated plan needs fewer GPUs."""
     for isl in CROSSOVER_GRID:
         wl = replace(ctx.wl, isl=isl, prefix_hit=0.0)
         sub = replace(ctx, wl=wl)
-        tps_a = [t for t in agg_tps if sub.engine(t).fits(sub.full_ctx)]
-        tps_p = [t for t in p_tps if sub.engine(t).fits(sub.full_ctx)]
-        tps_d = [t for t in d_tps if sub.engine(t).fits(sub.full_ctx)]
-        if not tps_a or not tps_p or not tps_d:
+        fit_a, fit_p, fit_d = fitting(sub, agg_ls), fitting(sub, p_ls), fitting(sub, d_ls)
+        if not fit_a or not fit_p or not fit_d:
             continue
-        agg = best(size_aggregated(sub, tps_a))
-        dis = best(size_disaggregated(sub, tps_p, tps_d))
+        agg = best(size_aggregated(sub, fit_a))
+        dis = best(size_disaggregated(sub, fit_p, fit_d))
         if agg is None or dis is None or not dis.meets_slo:
             continue
         if not agg.meets_slo or dis.gpus <= agg.gpus * (1.0 - DISAGG_MARGIN):
@@ -208,6 +213,10 @@ def plan(
     prefill_tp: int | None = None,
     decode_tp: int | None = None,
     crossover: bool = True,
+    prefill_dp: int | None = None,
+    decode_dp: int | None = None,
+    prefill_expert: bool | None = None,
+    decode_expert: bool | None = None,
 ) -> PlanResult:
     """Size both architectures for ``workload`` and choose (``mode``: auto picks the cheaper that meets the SLOs)."""
     start = time.perf_counter()
@@ -216,30 +225,30 @@ def plan(
     except ValueError:
         raise PlanningError(f"unknown mode {mode!r}; use auto, aggregated or disaggregated") from None
     ctx = _context(model, gpu, workload, backend, weights, kv_dtype, fabric or Fabric())
-    all_tps = fitting_tps(ctx)
-    if not all_tps:
-        engine = ctx.engine(max(tp_candidates(ctx.gpu)))
+    _check_layout_request(ctx.model, (prefill_dp, decode_dp), (prefill_expert, decode_expert))
+    all_ls = fitting(ctx, layouts(ctx.model, ctx.gpu))
+    if not all_ls:
         raise PlanningError(
             f"{ctx.model.name} ({ctx.model.total_params / 1e9:.0f}B params in {ctx.weights}) does not fit "
-            f"{ctx.gpu.name} at any tensor parallelism up to {engine.tp} with room for a "
+            f"{ctx.gpu.name} at any parallelism up to {ctx.gpu.scaleup_domain} GPUs with room for a "
             f"{ctx.full_ctx}-token sequence"
         )
-    p_tps = [t for t in all_tps if prefill_tp is None or t == prefill_tp]
-    d_tps = [t for t in all_tps if decode_tp is None or t == decode_tp]
-    if not p_tps or not d_tps:
+    p_ls = fitting(ctx, layouts(ctx.model, ctx.gpu, prefill_tp, prefill_dp, prefill_expert))
+    d_ls = fitting(ctx, layouts(ctx.model, ctx.gpu, decode_tp, decode_dp, decode_expert))
+    if not p_ls or not d_ls:
         raise PlanningError(
-            f"{ctx.model.name} does not fit {ctx.gpu.name} at the requested tensor parallelism "
-            f"(fits at TP {', '.join(map(str, all_tps))})"
+            f"{ctx.model.name} does not fit {ctx.gpu.name} at the requested parallelism "
+            f"(fits at {', '.join(sorted({lay.label for lay in all_ls}))})"
         )
-    _check_floors(ctx, all_tps)
-    agg_tps = p_tps
-    agg = best(size_aggregated(ctx, agg_tps)) if mode != Mode.DISAGGREGATED else None
-    dis = best(size_disaggregated(ctx, p_tps, d_tps)) if mode != Mode.AGGREGATED else None
+    _check_floors(ctx, all_ls)
+    agg_ls = p_ls
+    agg = best(size_aggregated(ctx, agg_ls)) if mode != Mode.DISAGGREGATED else None
+    dis = best(size_disaggregated(ctx, p_ls, d_ls)) if mode != Mode.AGGREGATED else None
     chosen, runner_up, why = _decide(ctx, agg, dis, mode)
     if runner_up is None and mode != Mode.AUTO:
-        other = size_aggregated(ctx, agg_tps) if mode == Mode.DISAGGREGATED else size_disaggregated(ctx, p_tps, d_tps)
+        other = size_aggregated(ctx, agg_ls) if mode == Mode.DISAGGREGATED else size_disaggregated(ctx, p_ls, d_ls)
         runner_up = best(other)
-    cross = _crossover(ctx, agg_tps, p_tps, d_tps) if crossover else None
+    cross = _crossover(ctx, agg_ls, p_ls, d_ls) if crossover else None
     rate_tokens = workload.rate * workload.osl
     usd = chosen.gpus * ctx.gpu.hourly_usd / 3600.0 / max(rate_tokens, 1e-9) * 1e6
     result = PlanResult(
@@ -265,12 +274,23 @@ def plan(
     return replace(result, reason=reason, elapsed_ms=(time.perf_counter() - start) * 1e3)
 
 
+def _check_layout_request(model: ModelShape, dps: tuple[int | None, ...], experts: tuple[bool | None, ...]) -> None:
+    if model.is_moe:
+        return
+    if any(dp not in (None, 1) for dp in dps):
+        raise PlanningError(
+            f"attention data parallelism needs an MoE model; {model.name} is dense (for it, DP is just more replicas)"
+        )
+    if any(experts):
+        raise PlanningError(f"expert parallelism needs an MoE model; {model.name} is dense")
+
+
 def _reason(ctx: SizingContext, r: PlanResult, why: str) -> str:
     wl, c = ctx.wl, r.chosen
     pct = f"p{wl.percentile}"
     parts = [
         f"{c.mode.capitalize()} serving, {c.ratio}, on {c.gpus}x {ctx.gpu.name} because {why}.",
-        f"A {wl.new_tokens}-token prefill takes {c.prefill_ms:.0f} ms on TP{c.prefill_tp}",
+        f"A {wl.new_tokens}-token prefill takes {c.prefill_ms:.0f} ms on {c.prefill_layout.label}",
     ]
     if c.mode == ServingMode.DISAGGREGATED:
         parts[-1] += (

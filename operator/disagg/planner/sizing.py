@@ -94,6 +94,53 @@ class Fabric:
         return latency + nbytes / ((self.bandwidth_gbps or bw) * 1e9)
 
 
+@dataclass(frozen=True, order=True)
+class Layout:
+    """The parallelism of one engine replica (one pod): ``dp`` attention ranks of ``tp`` GPUs each, the
+    routed experts over all ``tp * dp`` GPUs, ``ep`` ranks of whole experts (1: every expert split over
+    them). vLLM serves ``ep`` of 1 or ``tp * dp`` (``--enable-expert-parallel``)."""
+
+    tp: int
+    dp: int = 1
+    ep: int = 1
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.dp
+
+    @property
+    def label(self) -> str:
+        return f"TP{self.tp}" + (f"xDP{self.dp}" if self.dp > 1 else "") + (f" EP{self.ep}" if self.ep > 1 else "")
+
+
+def layouts(
+    model: ModelShape,
+    gpu: GPU,
+    tp: int | None = None,
+    dp: int | None = None,
+    expert: bool | None = None,
+) -> list[Layout]:
+    """Every layout within one scale-up domain that the constraints allow (None: any). Dense models run
+    plain tensor parallelism; MoE models also attention data parallelism with EP = TP x DP (how vLLM and
+    SGLang serve large MoE models), and EP = TP without DP when expert parallelism is asked for."""
+    domain = gpu.scaleup_domain
+    out: list[Layout] = []
+    for t in tp_candidates(gpu):
+        if tp is not None and t != tp:
+            continue
+        for d in (1, 2, 4, 8, 16, 32, 64):
+            if t * d > domain or (dp is not None and d != dp) or (d > 1 and not model.is_moe):
+                continue
+            if d == 1 and expert is not True:
+                out.append(Layout(t, 1, 1))
+            wide = Layout(t, d, t * d)
+            if model.is_moe and wide.ep > 1 and expert is not False and (d > 1 or expert is True):
+                out.append(wide)
+            elif d > 1 and expert is False:
+                out.append(Layout(t, d, 1))
+    return out
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One sized deployment and what it is predicted to deliver."""
@@ -117,12 +164,26 @@ class Candidate:
     kv_transfer_ms: float = 0.0
     prefill_ms: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    prefill_dp: int = 1
+    prefill_ep: int = 1
+    decode_dp: int = 1
+    decode_ep: int = 1
+
+    @property
+    def prefill_layout(self) -> Layout:
+        return Layout(self.prefill_tp, self.prefill_dp, self.prefill_ep)
+
+    @property
+    def decode_layout(self) -> Layout:
+        return Layout(self.decode_tp, self.decode_dp, self.decode_ep)
 
     @property
     def ratio(self) -> str:
         if self.mode == ServingMode.AGGREGATED:
-            return f"{self.prefill_replicas}x TP{self.prefill_tp} aggregated"
-        return f"{self.prefill_replicas}P(TP{self.prefill_tp}):{self.decode_replicas}D(TP{self.decode_tp})"
+            return f"{self.prefill_replicas}x {self.prefill_layout.label} aggregated"
+        return (
+            f"{self.prefill_replicas}P({self.prefill_layout.label}):{self.decode_replicas}D({self.decode_layout.label})"
+        )
 
     def summary(self) -> str:
         ok = "meets SLOs" if self.meets_slo else "misses SLOs"
@@ -142,9 +203,17 @@ class SizingContext:
     wl: Workload
     fabric: Fabric
 
-    def engine(self, tp: int, chunk: int = 0) -> Engine:
+    def engine(self, layout: Layout, chunk: int = 0) -> Engine:
         return Engine(
-            self.model, self.gpu, self.backend, tp=tp, weights=self.weights, kv_dtype=self.kv_dtype, chunk_tokens=chunk
+            self.model,
+            self.gpu,
+            self.backend,
+            tp=layout.tp,
+            dp=layout.dp,
+            ep=layout.ep,
+            weights=self.weights,
+            kv_dtype=self.kv_dtype,
+            chunk_tokens=chunk,
         )
 
     @property
@@ -160,10 +229,9 @@ class SizingContext:
         return self.wl.isl + self.wl.osl / 2.0
 
 
-def fitting_tps(ctx: SizingContext, allowed: list[int] | None = None) -> list[int]:
-    """The tensor-parallel sizes (within the scale-up domain) whose engine holds one full-context sequence."""
-    tps = [t for t in tp_candidates(ctx.gpu) if allowed is None or t in allowed]
-    return [t for t in tps if ctx.engine(t).fits(ctx.full_ctx)]
+def fitting(ctx: SizingContext, candidates: list[Layout]) -> list[Layout]:
+    """The layouts whose engine holds one full-context sequence on every attention rank."""
+    return [layout for layout in candidates if ctx.engine(layout).fits(ctx.full_ctx)]
 
 
 # ---------------------------------------------------------------------------------------- decode
@@ -224,25 +292,26 @@ def _disagg_ttft(ctx: SizingContext, times: _PrefillTimes, replicas: int, transf
     return ctx.overhead + wait + times.alone + transfer + 1.5 * first_step
 
 
-def size_disaggregated(ctx: SizingContext, p_tps: list[int], d_tps: list[int]) -> list[Candidate]:
-    """The smallest prefill and decode replica counts for every (prefill TP, decode TP >= it) pair."""
+def size_disaggregated(ctx: SizingContext, p_layouts: list[Layout], d_layouts: list[Layout]) -> list[Candidate]:
+    """The smallest prefill and decode replica counts for every (prefill, decode) layout pair whose decode
+    TP is at least the prefill TP."""
     wl = ctx.wl
     out: list[Candidate] = []
-    decode: dict[int, tuple[Engine, _DecodeSizing]] = {}
-    for tp in d_tps:
-        engine = ctx.engine(tp)
+    decode: dict[Layout, tuple[Engine, _DecodeSizing]] = {}
+    for layout in d_layouts:
+        engine = ctx.engine(layout)
         n = min_servers(partial(_decode_ok, ctx, engine), 1, MAX_REPLICAS)
         if n is None:
             n = MAX_REPLICAS
-        decode[tp] = (engine, _decode_eval(ctx, engine, n))
-    for ptp in p_tps:
-        pengine = ctx.engine(ptp)
+        decode[layout] = (engine, _decode_eval(ctx, engine, n))
+    for pl in p_layouts:
+        pengine = ctx.engine(pl)
         times = _prefill_times(ctx, pengine)
         transfer = ctx.fabric.transfer_time(pengine.kv_transfer_bytes(wl.isl))
-        for dtp in d_tps:
-            if dtp < ptp:
+        for dl in d_layouts:
+            if dl.tp < pl.tp:
                 continue  # NixlConnector needs decode TP >= prefill TP
-            _dengine, dsz = decode[dtp]
+            _dengine, dsz = decode[dl]
             first = dsz.mean_step if math.isfinite(dsz.mean_step) else wl.itl_s
 
             def ok(n: int, first: float = first, times: _PrefillTimes = times, transfer: float = transfer) -> bool:
@@ -256,9 +325,9 @@ def size_disaggregated(ctx: SizingContext, p_tps: list[int], d_tps: list[int]) -
             out.append(
                 Candidate(
                     mode=ServingMode.DISAGGREGATED,
-                    prefill_tp=ptp,
+                    prefill_tp=pl.tp,
                     prefill_replicas=n_p,
-                    decode_tp=dtp,
+                    decode_tp=dl.tp,
                     decode_replicas=dsz.replicas,
                     chunk_tokens=pengine.chunk,
                     decode_batch=dsz.batch,
@@ -267,9 +336,13 @@ def size_disaggregated(ctx: SizingContext, p_tps: list[int], d_tps: list[int]) -
                     itl_ms=dsz.itl * 1e3,
                     mean_tpot_ms=dsz.mean_step * 1e3,
                     meets_slo=meets,
-                    gpus=n_p * ptp + dsz.replicas * dtp,
+                    gpus=n_p * pl.gpus + dsz.replicas * dl.gpus,
                     kv_transfer_ms=transfer * 1e3,
                     prefill_ms=times.alone * 1e3,
+                    prefill_dp=pl.dp,
+                    prefill_ep=pl.ep,
+                    decode_dp=dl.dp,
+                    decode_ep=dl.ep,
                 )
             )
     return out
@@ -334,13 +407,15 @@ def _agg_ok(ctx: SizingContext, engine: Engine, replicas: int) -> bool:
     return _agg_eval(ctx, engine, replicas).ok
 
 
-def size_aggregated(ctx: SizingContext, tps: list[int], chunks: tuple[int, ...] = AGG_CHUNKS) -> list[Candidate]:
-    """The smallest replica count for every TP, at the chunk size that ranks best for it."""
+def size_aggregated(
+    ctx: SizingContext, candidates: list[Layout], chunks: tuple[int, ...] = AGG_CHUNKS
+) -> list[Candidate]:
+    """The smallest replica count for every layout, at the chunk size that ranks best for it."""
     out: list[Candidate] = []
-    for tp in tps:
+    for layout in candidates:
         top: Candidate | None = None
         for chunk in chunks:
-            engine = ctx.engine(tp, chunk)
+            engine = ctx.engine(layout, chunk)
             n = min_servers(partial(_agg_ok, ctx, engine), 1, MAX_REPLICAS)
             meets = n is not None
             if n is None:
@@ -348,9 +423,9 @@ def size_aggregated(ctx: SizingContext, tps: list[int], chunks: tuple[int, ...] 
             sz = _agg_eval(ctx, engine, n)
             cand = Candidate(
                 mode=ServingMode.AGGREGATED,
-                prefill_tp=tp,
+                prefill_tp=layout.tp,
                 prefill_replicas=n,
-                decode_tp=tp,
+                decode_tp=layout.tp,
                 decode_replicas=0,
                 chunk_tokens=chunk,
                 decode_batch=sz.batch,
@@ -359,8 +434,12 @@ def size_aggregated(ctx: SizingContext, tps: list[int], chunks: tuple[int, ...] 
                 itl_ms=sz.itl * 1e3,
                 mean_tpot_ms=sz.tpot * 1e3,
                 meets_slo=meets,
-                gpus=n * tp,
+                gpus=n * layout.gpus,
                 prefill_ms=engine.prefill_time(ctx.wl.isl, cached=ctx.wl.cached_tokens) * 1e3,
+                prefill_dp=layout.dp,
+                prefill_ep=layout.ep,
+                decode_dp=layout.dp,
+                decode_ep=layout.ep,
             )
             if top is None or rank(cand) < rank(top):
                 top = cand
@@ -371,7 +450,12 @@ def size_aggregated(ctx: SizingContext, tps: list[int], chunks: tuple[int, ...] 
 
 def rank(c: Candidate) -> tuple[int, int, float, float]:
     """Feasible first, then fewest GPUs, then lowest latency headroom used."""
-    return (0 if c.meets_slo else 1, c.gpus, c.ttft_ms / 1e3 + c.itl_ms, c.prefill_tp + c.decode_tp)
+    return (
+        0 if c.meets_slo else 1,
+        c.gpus,
+        c.ttft_ms / 1e3 + c.itl_ms,
+        c.prefill_layout.gpus + c.decode_layout.gpus,
+    )
 
 
 def best(cands: list[Candidate]) -> Candidate | None:
