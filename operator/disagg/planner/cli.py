@@ -237,12 +237,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"chosen:    {c.summary()}")
     if c.mode == ServingMode.DISAGGREGATED:
         print(
-            f"           prefill TP{c.prefill_tp} x{c.prefill_replicas}, decode TP{c.decode_tp} x{c.decode_replicas}, "
+            f"           prefill {c.prefill_layout.label} x{c.prefill_replicas}, "
+            f"decode {c.decode_layout.label} x{c.decode_replicas}, "
             f"decode batch ~{c.decode_batch:.0f} (KV holds {c.max_batch}), KV transfer {c.kv_transfer_ms:.1f} ms"
         )
     else:
         print(
-            f"           TP{c.prefill_tp} x{c.prefill_replicas}, prefill chunk {c.chunk_tokens} tokens, "
+            f"           {c.prefill_layout.label} x{c.prefill_replicas}, prefill chunk {c.chunk_tokens} tokens, "
             f"batch ~{c.decode_batch:.0f} (KV holds {c.max_batch})"
         )
     print(
