@@ -131,7 +131,9 @@ def _previous_status(body: Mapping[str, Any]) -> DisaggregatedModelStatus:
         return DisaggregatedModelStatus()
 
 
-def node_products(spec: DisaggregatedModelSpec, cluster: Cluster) -> dict[str, int] | None:
+def node_products(
+    spec: DisaggregatedModelSpec, cluster: Cluster, claims: PlacementClaims | None = None
+) -> dict[str, int] | None:
     """GPU products of the nodes the model's engine roles may use (from the node cache, never a LIST),
     when the spec leaves the GPU type to them; None when it names one."""
     if spec.accelerator.type is not None:
@@ -145,7 +147,14 @@ def node_products(spec: DisaggregatedModelSpec, cluster: Cluster) -> dict[str, i
         )
         for role in roles
     ]
-    return gpu_products(cluster.list_nodes(), demands, resource=spec.accelerator.resource_name, label=GPU_PRODUCT_LABEL)
+    resource = spec.accelerator.resource_name
+
+    def count() -> dict[str, int]:
+        return gpu_products(cluster.list_nodes(), demands, resource=resource, label=GPU_PRODUCT_LABEL)
+
+    if claims is None:
+        return count()
+    return claims.node_products(repr((demands, resource)), cluster.inventory_version(), count)
 
 
 def pod_demands(spec: DisaggregatedModelSpec, plan: Plan) -> list[PodDemand]:
@@ -176,6 +185,20 @@ class PlacementClaims:
         """Per model: the inputs of its last placement and the result. While the cluster's
         inventory version and every input are unchanged, a pass reuses the result: a quiet
         resync then costs the same at 14 nodes and at 5,000."""
+        self._products: dict[str, tuple[int, dict[str, int]]] = {}
+
+    def node_products(self, key: str, version: int | None, count: Callable[[], dict[str, int]]) -> dict[str, int]:
+        """GPU products of the nodes one selector admits (``count``), counted again only when the
+        cluster's inventory version moved: models without accelerator.type read them every pass."""
+        with self._lock:
+            memo = self._products.get(key)
+        if version is not None and memo is not None and memo[0] == version:
+            return dict(memo[1])
+        products = count()
+        if version is not None:
+            with self._lock:
+                self._products[key] = (version, dict(products))
+        return products
 
     @contextlib.contextmanager
     def placing(self, key: tuple[str, str]) -> Iterator[tuple[list[Claim], Callable[[list[Claim]], None]]]:
@@ -547,7 +570,7 @@ def reconcile(
         write_status(failed_status(previous, generation=generation, reason="InvalidSpec", message=str(exc), now=now()))
         return outcome
 
-    products = node_products(spec, cluster)
+    products = node_products(spec, cluster, claims)
     resolution = resolve_plan(spec, products)
     if resolution.plan is None:
         outcome.error = resolution.message
