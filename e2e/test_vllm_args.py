@@ -106,14 +106,36 @@ def test_rendered_engine_args_are_accepted(
         assert vllm_args.check(args, parser_socket) is None, args
 
 
+PLANNED_FLAGS = ("--data-parallel-size=", "--enable-expert-parallel", "--max-num-seqs=", "--max-num-batched-tokens=")
+
+
+def test_the_samples_render_every_flag_the_planner_decides(rendered: dict[str, list[list[str]]]) -> None:
+    """So the parser test above covers them: data and expert parallelism (the MoE sample), the batch
+    limit and the step budget (every decoding role)."""
+    flags = {
+        arg.partition("=")[0] + ("=" if "=" in arg else "")
+        for engines in rendered.values()
+        for a in engines
+        for arg in a
+    }
+    for flag in PLANNED_FLAGS:
+        assert flag in flags, f"no sample renders {flag}"
+    moe = rendered["qwen3-235b-moe-expert-parallel"]
+    assert any("--data-parallel-size=2" in args and "--enable-expert-parallel" in args for args in moe), moe
+
+
 @pytest.mark.parametrize(
     "extra",
     [
         "--enable-expert-parallel",
         "--data-parallel-size=2",
         "--max-num-seqs=64",
+        "--max-num-batched-tokens=8256",
+        "--max-model-len=32768",
         "--kv-cache-dtype=fp8",
+        "--kv-cache-dtype=bfloat16",
         "--quantization=fp8",
+        "--dtype=float16",
     ],
 )
 def test_knobs_the_operator_may_add_are_accepted(

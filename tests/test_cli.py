@@ -46,3 +46,19 @@ def test_crd_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None
     target = tmp_path / "crd.yaml"
     assert main(["crd", "-o", str(target)]) == 0
     assert target.read_text() == crd_yaml()
+
+
+def test_render_without_accelerator_type_takes_the_node_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = yaml.safe_load(next(p for p in SAMPLES if p.stem == "llama-8b-aggregated").read_text())
+    del body["spec"]["accelerator"]
+    path = tmp_path / "no-accelerator.yaml"
+    path.write_text(yaml.safe_dump(body))
+    assert main(["render", "-f", str(path)]) == 1
+    assert "pass --node-gpu PRODUCT" in capsys.readouterr().err
+    assert main(["render", "-f", str(path), "--node-gpu", "NVIDIA-H100-80GB-HBM3"]) == 0
+    engine = next(
+        d
+        for d in yaml.safe_load_all(capsys.readouterr().out)
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-prefill-decode")
+    )
+    assert engine["spec"]["template"]["metadata"]["labels"]["llm-d.ai/accelerator-variant"] == "h100-sxm"

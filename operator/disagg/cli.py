@@ -55,9 +55,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(f"{name}: {exc}") from exc
         model = ModelRef(name=name, namespace=meta.get("namespace") or args.namespace)
-        resolution = resolve_plan(spec)
+        resolution = resolve_plan(spec, {args.node_gpu: 1} if args.node_gpu else None)
         if resolution.plan is None:
-            raise CliError(f"{name}: cannot plan: {resolution.message}")
+            hint = "; pass --node-gpu PRODUCT" if resolution.reason == "AcceleratorUnknown" else ""
+            raise CliError(f"{name}: cannot plan: {resolution.message}{hint}")
         plan = resolution.plan
         placement = place(spec.topology, pods=pod_demands(spec, plan), inventory=None, settings=settings, previous={})
         out += render(model, spec, plan, settings, placement)
@@ -130,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="print the manifests a DisaggregatedModel produces (offline)")
     render.add_argument("-f", "--filename", required=True, help="YAML file with DisaggregatedModel(s), - for stdin")
     render.add_argument("-n", "--namespace", default="default", help="namespace when the CR names none")
+    render.add_argument(
+        "--node-gpu",
+        metavar="PRODUCT",
+        help="for models without accelerator.type: the nvidia.com/gpu.product their nodes carry "
+        "(offline there are no nodes to read it from)",
+    )
     render.set_defaults(func=cmd_render)
 
     from disagg.planner.cli import add_subcommands

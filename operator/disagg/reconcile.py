@@ -18,12 +18,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from disagg.api.spec import DisaggregatedModelSpec, ModeSwitch, semantic_errors
+from disagg.api.spec import DisaggregatedModelSpec, Mode, ModeSwitch, semantic_errors
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, ObservedWorkload, ReplanStatus, condition
 from disagg.api.types import duration_seconds
 from disagg.drift import apply_reason, stamp
 from disagg.kube import ApiError, Cluster, NotFoundError, identity, owned_by
-from disagg.placement import Claim, Placement, PodDemand, node_inventory, place, reserve
+from disagg.placement import Claim, Placement, PodDemand, gpu_products, node_inventory, place, reserve
+from disagg.planner.catalog import GPU_PRODUCT_LABEL
 from disagg.planner.plan import (
     ENGINE_ROLES,
     ROLE_DECODE,
@@ -132,13 +133,39 @@ def _previous_status(body: Mapping[str, Any]) -> DisaggregatedModelStatus:
         return DisaggregatedModelStatus()
 
 
+def node_products(
+    spec: DisaggregatedModelSpec, cluster: Cluster, claims: PlacementClaims | None = None
+) -> dict[str, int] | None:
+    """GPU products of the nodes the model's engine roles may use (from the node cache, never a LIST),
+    when the spec leaves the GPU type to them; None when it names one."""
+    if spec.accelerator.type is not None:
+        return None
+    roles = [spec.prefill] if spec.mode == Mode.AGGREGATED else [spec.prefill, spec.decode]
+    demands = [
+        PodDemand(
+            gpus=0,
+            node_selector=dict(role.scheduling.node_selector),
+            tolerations=tuple(t.wire() for t in role.scheduling.tolerations),
+        )
+        for role in roles
+    ]
+    resource = spec.accelerator.resource_name
+
+    def count() -> dict[str, int]:
+        return gpu_products(cluster.list_nodes(), demands, resource=resource, label=GPU_PRODUCT_LABEL)
+
+    if claims is None:
+        return count()
+    return claims.node_products(repr((demands, resource)), cluster.inventory_version(), count)
+
+
 def pod_demands(spec: DisaggregatedModelSpec, plan: Plan) -> list[PodDemand]:
     """The engine pods at the planned floor (what a domain must hold), each with its role's
     nodeSelector and tolerations, so placement only counts nodes the scheduler would use."""
     pods: list[PodDemand] = []
     for _, role_plan, role in engine_roles(spec, plan):
         demand = PodDemand(
-            gpus=role_plan.tensor_parallel,
+            gpus=role_plan.gpus_per_pod,
             node_selector=dict(role.scheduling.node_selector),
             tolerations=tuple(t.wire() for t in role.scheduling.tolerations),
         )
@@ -160,6 +187,20 @@ class PlacementClaims:
         """Per model: the inputs of its last placement and the result. While the cluster's
         inventory version and every input are unchanged, a pass reuses the result: a quiet
         resync then costs the same at 14 nodes and at 5,000."""
+        self._products: dict[str, tuple[int, dict[str, int]]] = {}
+
+    def node_products(self, key: str, version: int | None, count: Callable[[], dict[str, int]]) -> dict[str, int]:
+        """GPU products of the nodes one selector admits (``count``), counted again only when the
+        cluster's inventory version moved: models without accelerator.type read them every pass."""
+        with self._lock:
+            memo = self._products.get(key)
+        if version is not None and memo is not None and memo[0] == version:
+            return dict(memo[1])
+        products = count()
+        if version is not None:
+            with self._lock:
+                self._products[key] = (version, dict(products))
+        return products
 
     @contextlib.contextmanager
     def placing(self, key: tuple[str, str]) -> Iterator[tuple[list[Claim], Callable[[list[Claim]], None]]]:
@@ -241,7 +282,7 @@ def _role_observations(
     template_generations: Mapping[str, int | None] | None = None,
 ) -> list[RoleObservation]:
     roles: list[tuple[str, int, int | None]] = [
-        (name, role_plan.replicas, role_plan.tensor_parallel) for name, role_plan in engine_role_plans(plan)
+        (name, role_plan.replicas, role_plan.gpus_per_pod) for name, role_plan in engine_role_plans(plan)
     ]
     roles.append((ROLE_ROUTER, plan.router.replicas, None))
     return [
@@ -363,6 +404,7 @@ def _replanned(
     metrics: MetricsLookup | None,
     now: str,
     live_floors: Mapping[str, int] | None = None,
+    node_gpus: Mapping[str, int] | None = None,
 ) -> tuple[Plan, ReplanStatus | None]:
     """The plan with live re-planning applied: a new decision once per interval, else the last one.
 
@@ -395,7 +437,7 @@ def _replanned(
     )
 
     def planner(candidate: DisaggregatedModelSpec) -> Plan | None:
-        return resolve_plan(candidate).plan
+        return resolve_plan(candidate, node_gpus).plan
 
     running = apply_floors(plan, last)
     return replan(spec, running, observed, last, planner, now)
@@ -531,7 +573,8 @@ def reconcile(
         return outcome
 
     outcome.slo_seconds = (duration_seconds(spec.slo.ttft), duration_seconds(spec.slo.itl))
-    resolution = resolve_plan(spec)
+    products = node_products(spec, cluster, claims)
+    resolution = resolve_plan(spec, products)
     if resolution.plan is None:
         outcome.error = resolution.message
         write_status(
@@ -551,7 +594,15 @@ def reconcile(
         if model.uid is None or owned_by(obj, model.uid)
     }
     plan, replan_record = _replanned(
-        spec, resolution.plan, previous, meta, settings, metrics, now(), live_floors=observed_floors(model, live)
+        spec,
+        resolution.plan,
+        previous,
+        meta,
+        settings,
+        metrics,
+        now(),
+        live_floors=observed_floors(model, live),
+        node_gpus=products,
     )
     zero = _zero_state(
         spec, previous, meta, settings, metrics, now(), observed=observed_at_zero(model, resolution.plan, live)

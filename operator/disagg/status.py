@@ -178,7 +178,14 @@ def plan_summary(plan: Plan) -> PlanSummary:
     def role(r: Any) -> RolePlanSummary | None:
         if r is None:
             return None
-        return RolePlanSummary(replicas=r.replicas, tensor_parallel=r.tensor_parallel, max_replicas=r.max_replicas)
+        return RolePlanSummary(
+            replicas=r.replicas,
+            tensor_parallel=r.tensor_parallel,
+            max_replicas=r.max_replicas,
+            data_parallel=r.data_parallel if r.data_parallel > 1 else None,
+            expert_parallel=True if r.expert_parallel else None,
+            max_num_seqs=r.max_num_seqs,
+        )
 
     return PlanSummary(
         source=plan.source,
@@ -187,6 +194,7 @@ def plan_summary(plan: Plan) -> PlanSummary:
         decode=role(plan.decode),
         disagg_threshold=plan.disagg_threshold if plan.mode == "disaggregated" else None,
         gpus=plan.gpus,
+        gpu=plan.gpu,
         predicted_ttft_ms=plan.predicted_ttft_ms,
         predicted_itl_ms=plan.predicted_itl_ms,
         slo_met=plan.slo_met,

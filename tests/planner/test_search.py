@@ -8,8 +8,10 @@ import pytest
 
 from disagg.api.spec import DisaggregatedModelSpec
 from disagg.planner.catalog import PlanningError, get_gpu, get_model
+from disagg.planner.from_spec import plan_for_spec
 from disagg.planner.queueing import erlang_c, md1_mean_wait, md1_wait_percentile, mdc_wait_percentile
-from disagg.planner.search import Fabric, Workload, plan, plan_for_spec
+from disagg.planner.search import plan
+from disagg.planner.sizing import Fabric, Workload
 from disagg.planner.uncertainty import error_band
 from tests.planner import LLAMA_8B_SHAPE
 
@@ -101,6 +103,7 @@ def _spec(**over: Any) -> DisaggregatedModelSpec:
         "model": {"name": "meta-llama/Llama-3.1-70B", "preset": "llama-3.1-70b", "dtype": "fp8"},
         "workload": {"inputTokens": {"mean": 8192}, "outputTokens": {"mean": 512}, "requestRate": 10},
         "slo": {"ttft": "3s", "itl": "25ms"},
+        "accelerator": {"type": "h100-sxm"},
     }
     body.update(over)
     return DisaggregatedModelSpec.model_validate(body)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from disagg.planner.catalog import PlanningError
-from disagg.planner.search import Workload, plan
+from disagg.planner.search import plan
 from disagg.planner.simulate import simulate
+from disagg.planner.sizing import Workload
 
 CASE = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)
 

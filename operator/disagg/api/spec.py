@@ -23,6 +23,7 @@ SINGULAR = "disaggregatedmodel"
 SHORT_NAMES = ("dm",)
 
 TensorParallel = Literal[1, 2, 4, 8, 16, 32, 64]
+DataParallel = Literal[1, 2, 4, 8, 16, 32, 64]
 NameStr = Annotated[str, Field(min_length=1, max_length=253)]
 LabelMap = dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]]
 
@@ -43,6 +44,7 @@ class ModeSwitch(StrEnum):
 
 
 class Dtype(StrEnum):
+    AUTO = "auto"
     BF16 = "bf16"
     FP16 = "fp16"
     FP8 = "fp8"
@@ -80,10 +82,16 @@ class ModelSpec(CamelModel):
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
     """Hugging Face config.json content (architecture) when no preset fits."""
-    dtype: Dtype = Dtype.BF16
-    """Weight precision the engine serves."""
+    dtype: Dtype = Dtype.AUTO
+    """Weight precision the engine serves. auto: the checkpoint's own (its quantization_config, e.g. fp8
+    for DeepSeek-V3, fp4 experts for gpt-oss; else its 16-bit torch_dtype), as vLLM loads it; fp8 on a
+    16-bit checkpoint quantises at load time (vLLM --quantization=fp8); bf16/fp16 set the 16-bit type
+    of an unquantised checkpoint (vLLM --dtype). A quantised checkpoint cannot be served wider, and fp4
+    needs an fp4 checkpoint: the planner refuses both."""
     kv_cache_dtype: KVCacheDtype = KVCacheDtype.AUTO
-    """KV-cache precision (vLLM --kv-cache-dtype); auto follows the weights."""
+    """KV-cache precision (vLLM --kv-cache-dtype). auto: what vLLM picks, which the planner assumes too:
+    fp8 when the checkpoint's quantization_config declares an fp8 KV cache (ModelOpt kv_cache_quant_algo,
+    compressed-tensors kv_cache_scheme), else the model's 16-bit dtype (also for fp8 weights)."""
     token_secret_ref: SecretKeyRef | None = None
     """Secret holding a model-hub token, passed to the engine as HF_TOKEN; never copied elsewhere."""
 
@@ -172,8 +180,11 @@ class SLOSpec(CamelModel):
 
 
 class AcceleratorSpec(CamelModel):
-    type: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_\-]*$")] = "h100-sxm"
-    """GPU type from the planner catalog (h100-sxm or h100_sxm forms)."""
+    type: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_\-]*$")] | None = None
+    """GPU type from the planner catalog (h100-sxm, h100_sxm, B200, or a GPU Feature Discovery product such
+    as NVIDIA-H100-80GB-HBM3). Unset: the GPU of the nodes the model may use, from their
+    nvidia.com/gpu.product labels (nodes matching the roles' nodeSelector); status.plan says which, and
+    nodes of different GPUs are an error (set the type and a node selector)."""
     resource_name: Annotated[
         str, Field(min_length=1, max_length=253, pattern=r"^([a-z0-9.\-]+/)?[a-zA-Z0-9_.\-]+$")
     ] = "nvidia.com/gpu"
@@ -192,7 +203,15 @@ class ReplicaRange(CamelModel):
 
 class Parallelism(CamelModel):
     tensor: TensorParallel | None = None
-    """Tensor-parallel size (GPUs per pod). Unset: the planner chooses."""
+    """Tensor-parallel size of one attention rank. Unset: the planner chooses."""
+    data: DataParallel | None = None
+    """Attention data-parallel ranks per pod (vLLM --data-parallel-size; MoE models only): each rank of
+    ``tensor`` GPUs keeps its own sequences and KV cache, the experts spread over all ``tensor x data``
+    GPUs of the pod. Unset: the planner chooses (1 for dense models)."""
+    expert: bool | None = None
+    """Expert parallelism (vLLM --enable-expert-parallel; MoE models only): whole experts per GPU over
+    the pod's ``tensor x data`` GPUs instead of every expert split over them. Unset: the planner
+    chooses (on with data parallelism, EP = TP x DP)."""
 
 
 class ResourceRequirements(CamelModel):

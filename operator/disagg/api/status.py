@@ -68,6 +68,12 @@ class RolePlanSummary(CamelModel):
     replicas: int
     tensor_parallel: int
     max_replicas: int
+    data_parallel: int | None = None
+    """Attention data-parallel ranks per pod, when more than one (a pod has tensor x data GPUs)."""
+    expert_parallel: bool | None = None
+    """True when the experts are spread whole over the pod's GPUs (expert parallelism)."""
+    max_num_seqs: int | None = None
+    """Planned sequences per attention rank (the engine's --max-num-seqs)."""
 
 
 class PlanSummary(CamelModel):
@@ -80,6 +86,8 @@ class PlanSummary(CamelModel):
     """Uncached prompt tokens below which the router skips prefill."""
     gpus: int = 0
     """GPUs at the planned floor."""
+    gpu: Annotated[str, Field(max_length=64)] | None = None
+    """The catalog GPU the plan is for (spec.accelerator.type, or found on the nodes' labels)."""
     predicted_ttft_ms: float | None = None
     predicted_itl_ms: float | None = None
     slo_met: bool | None = None

@@ -319,6 +319,21 @@ def node_inventory(nodes: Iterable[Mapping[str, Any]], used: Mapping[str, int], 
     return inventory
 
 
+def gpu_products(
+    nodes: Iterable[Mapping[str, Any]], pods: Sequence[PodDemand], *, resource: str, label: str
+) -> dict[str, int]:
+    """GPU product -> count of the nodes that offer ``resource`` and that some of ``pods`` may use (their
+    node selectors match, their tolerations cover the taints), by the product ``label`` they carry
+    (GPU Feature Discovery's ``nvidia.com/gpu.product``); nodes without the label are not counted.
+    Readiness does not matter: a cordoned node still says which GPUs the model's nodes have."""
+    counts: dict[str, int] = {}
+    for node in node_inventory(nodes, {}, resource=resource):
+        product = node.labels.get(label)
+        if product and node.allocatable_gpus > 0 and _usable_by_some(pods, node):
+            counts[product] = counts.get(product, 0) + 1
+    return counts
+
+
 def affinity(
     *,
     model_selector: Mapping[str, str],

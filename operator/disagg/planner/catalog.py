@@ -351,6 +351,11 @@ class ModelShape:
     sliding_layers: int = 0
     native_dtype: str = "bf16"
     """Precision of the published checkpoint (fp8 for DeepSeek-V3, fp4 experts for gpt-oss)."""
+    native_kv_dtype: str | None = None
+    """KV-cache precision the checkpoint's quantization_config declares (fp8), None when it declares none:
+    an engine told ``auto`` then keeps the KV cache in the model's 16-bit dtype (vLLM 0.33)."""
+    max_context: int = 0
+    """The checkpoint's longest sequence (``max_position_embeddings``); 0 when the config does not say."""
     meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -444,6 +449,22 @@ class ModelShape:
 BYTES_PER_PARAM_KV: dict[str, float] = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16}
 
 
+def checkpoint_kv_dtype(quant: dict[str, Any]) -> str | None:
+    """The KV-cache precision a checkpoint's ``quantization_config`` declares, as vLLM 0.33 reads it when
+    told ``--kv-cache-dtype auto``: ModelOpt's ``kv_cache_quant_algo`` (or a ``kv_cache_scheme``) and
+    compressed-tensors' ``kv_cache_scheme`` of 8-bit floats mean fp8; anything else (also fp8 *weights*
+    such as DeepSeek-V3's block fp8) declares none, and vLLM keeps the KV cache in the model's dtype."""
+    nested = quant.get("quantization")
+    inner: dict[str, Any] = nested if isinstance(nested, dict) else {}
+    for key in ("kv_cache_scheme", "kv_cache_quant_algo"):
+        value = inner.get(key) or quant.get(key)
+        if isinstance(value, dict) and value.get("type") == "float" and value.get("num_bits") == 8:
+            return "fp8"
+        if isinstance(value, str) and "fp8" in value.lower():
+            return "fp8"
+    return None
+
+
 def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     for key in keys:
         if cfg.get(key) is not None:
@@ -478,7 +499,7 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelShape:
     if not window:
         sliding_layers = 0
     quant = cfg.get("quantization_config") or {}
-    method = str(quant.get("quant_method", "")).lower()
+    method = " ".join(str(quant.get(k, "")) for k in ("quant_method", "quant_algo")).lower()
     native = "fp4" if "fp4" in method else "fp8" if "fp8" in method else "bf16"
     return ModelShape(
         name=name,
@@ -504,6 +525,8 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelShape:
         sliding_window=window if sliding_layers else 0,
         sliding_layers=sliding_layers,
         native_dtype=native,
+        native_kv_dtype=checkpoint_kv_dtype(quant),
+        max_context=int(cfg.get("max_position_embeddings") or 0),
         meta={"model_type": cfg.get("model_type", "")},
     )
 

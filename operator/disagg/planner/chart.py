@@ -9,14 +9,16 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from disagg.api.spec import Mode
 from disagg.planner.catalog import PlanningError
+from disagg.planner.plan import ServingMode
 from disagg.planner.search import CROSSOVER_GRID, PlanResult
 
 
 @dataclass(frozen=True)
 class CrossoverPoint:
     isl: int
-    mode: str
+    mode: ServingMode
     gpus: int
     tokens_per_s_per_gpu: float
     ttft_ms: float
@@ -37,9 +39,9 @@ def crossover_points(
     points: list[CrossoverPoint] = []
     for isl in grid:
         sub = argparse.Namespace(**{**vars(args), "isl": isl})
-        for mode in ("aggregated", "disaggregated"):
+        for mode in (ServingMode.AGGREGATED, ServingMode.DISAGGREGATED):
             try:
-                result = planner(sub, crossover=False, mode=mode)
+                result = planner(sub, crossover=False, mode=Mode(mode.value))
             except PlanningError:
                 continue
             c = result.chosen
@@ -61,7 +63,7 @@ def draw_crossover(points: list[CrossoverPoint], path: str, title: str = "") -> 
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise PlanningError("drawing charts needs matplotlib: pip install 'disagg[plot]'") from exc
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {"aggregated": ("tab:blue", "o"), "disaggregated": ("tab:orange", "s")}
+    styles = {ServingMode.AGGREGATED: ("tab:blue", "o"), ServingMode.DISAGGREGATED: ("tab:orange", "s")}
     for mode, (color, marker) in styles.items():
         pts = [p for p in points if p.mode == mode]
         xs = [p.isl for p in pts]

@@ -13,6 +13,7 @@ import re
 import sys
 from typing import Any
 
+from disagg.api.spec import Mode, NetworkKind
 from disagg.planner.catalog import (
     BACKENDS,
     ModelShape,
@@ -26,7 +27,9 @@ from disagg.planner.catalog import (
 )
 from disagg.planner.costmodel import Engine
 from disagg.planner.estimate import estimate_closed_loop
-from disagg.planner.search import CROSSOVER_GRID, Fabric, PlanResult, Workload, plan
+from disagg.planner.plan import ServingMode
+from disagg.planner.search import CROSSOVER_GRID, PlanResult, plan
+from disagg.planner.sizing import Fabric, Workload
 
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*$")
 
@@ -192,7 +195,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, crossover: bool = True, mode: str | None = None) -> PlanResult:
+def _plan(args: argparse.Namespace, crossover: bool = True, mode: Mode | None = None) -> PlanResult:
     model = _model(args)
     weights, kv = _weights(args, model)
     workload = Workload(
@@ -211,8 +214,8 @@ def _plan(args: argparse.Namespace, crossover: bool = True, mode: str | None = N
         backend=args.backend,
         weights=weights,
         kv_dtype=kv,
-        fabric=Fabric(args.network, args.bandwidth),
-        mode=mode or args.mode,
+        fabric=Fabric(NetworkKind(args.network), args.bandwidth),
+        mode=mode or Mode(args.mode),
         prefill_tp=args.prefill_tp,
         decode_tp=args.decode_tp,
         crossover=crossover,
@@ -232,14 +235,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"ITL <= {wl.itl_s * 1e3:.0f} ms"
     )
     print(f"chosen:    {c.summary()}")
-    if c.mode == "disaggregated":
+    if c.mode == ServingMode.DISAGGREGATED:
         print(
-            f"           prefill TP{c.prefill_tp} x{c.prefill_replicas}, decode TP{c.decode_tp} x{c.decode_replicas}, "
+            f"           prefill {c.prefill_layout.label} x{c.prefill_replicas}, "
+            f"decode {c.decode_layout.label} x{c.decode_replicas}, "
             f"decode batch ~{c.decode_batch:.0f} (KV holds {c.max_batch}), KV transfer {c.kv_transfer_ms:.1f} ms"
         )
     else:
         print(
-            f"           TP{c.prefill_tp} x{c.prefill_replicas}, prefill chunk {c.chunk_tokens} tokens, "
+            f"           {c.prefill_layout.label} x{c.prefill_replicas}, prefill chunk {c.chunk_tokens} tokens, "
             f"batch ~{c.decode_batch:.0f} (KV holds {c.max_batch})"
         )
     print(

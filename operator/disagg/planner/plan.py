@@ -8,14 +8,19 @@ router threshold is 512 uncached tokens (prompts shorter than that rarely repay 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Literal
 
-from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, Mode
+from disagg.api.spec import DisaggregatedModelSpec, Dtype, EngineRoleSpec, KVCacheDtype, Mode, ReplicaRange
 
 PLACEHOLDER_DISAGG_THRESHOLD = 512
-ServingMode = Literal["disaggregated", "aggregated"]
+
+
+class ServingMode(StrEnum):
+    """How a plan serves: ``mode: auto`` in the spec resolves to one of these."""
+
+    DISAGGREGATED = "disaggregated"
+    AGGREGATED = "aggregated"
 
 
 class Role(StrEnum):
@@ -46,6 +51,24 @@ class RolePlan:
     autoscale: bool | None = None
     """Keep the autoscaler even where the floor has reached the ceiling (a re-planned floor may;
     removing and re-creating the HPA would lose its state). None: autoscaled when there is a range."""
+    data_parallel: int = 1
+    """Attention data-parallel ranks per pod (vLLM --data-parallel-size); a pod has ``tp * dp`` GPUs."""
+    expert_parallel: bool = False
+    """Whole experts per GPU over the pod's ``tp * dp`` GPUs (vLLM --enable-expert-parallel)."""
+    max_num_seqs: int | None = None
+    """Sequences one attention rank runs at once (vLLM --max-num-seqs): the planned decode batch limit,
+    what the KV cache holds at full context. None: the engine's default (a prefill-only role)."""
+    max_num_batched_tokens: int | None = None
+    """Token budget of one engine step (vLLM --max-num-batched-tokens): the planned prefill chunk plus,
+    on a role that decodes, one token per sequence of ``max_num_seqs`` (vLLM counts decode tokens in
+    the same budget and needs it >= max-num-seqs). None: the engine's default (GPU-dependent)."""
+    max_model_len: int | None = None
+    """Longest sequence the engine accepts (vLLM --max-model-len), set only when the KV cache cannot
+    hold the checkpoint's own context (vLLM would refuse to start). None: the checkpoint's."""
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.tensor_parallel * self.data_parallel
 
     @property
     def autoscaled(self) -> bool:
@@ -53,7 +76,24 @@ class RolePlan:
 
     @property
     def gpus(self) -> int:
-        return self.replicas * self.tensor_parallel
+        return self.replicas * self.gpus_per_pod
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What every engine of a model is told about precision (vLLM flags; None: the flag is not rendered,
+    and the engine's default is what the plan assumed), and what the plan assumed it serves."""
+
+    quantization: str | None = None
+    """vLLM --quantization: fp8 to quantise a 16-bit checkpoint at load time; None: the checkpoint's own."""
+    dtype: str | None = None
+    """vLLM --dtype (bfloat16, float16) for a 16-bit checkpoint; None: the checkpoint's torch_dtype."""
+    kv_cache_dtype: str | None = None
+    """vLLM --kv-cache-dtype; None: auto (the checkpoint's declared KV quantisation, else the model dtype)."""
+    weights: str | None = None
+    """Weight precision the plan assumed (bf16 for any 16-bit type, fp8, fp4); None: not planned."""
+    kv_cache: str | None = None
+    """KV-cache precision the plan assumed (bf16 for any 16-bit type, fp8); None: not planned."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +110,17 @@ class Plan:
     predicted_itl_ms: float | None = None
     slo_met: bool | None = None
     decode_max_batch: int | None = None
-    """Sequences one decode-capable replica holds at full context (engine max-num-seqs), when planned."""
+    """Sequences one decode-capable replica holds at full context (all its DP ranks), when planned."""
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    """Precision flags and assumptions shared by every engine role."""
+    gpu: str | None = None
+    """The catalog GPU planned for; None when not planned (the placeholder takes the spec's type as given)."""
 
     def __post_init__(self) -> None:
         # engine_role_plans and everything built on it read the mode from ``decode`` alone
-        if self.mode == "aggregated" and self.decode is not None:
+        if self.mode == ServingMode.AGGREGATED and self.decode is not None:
             raise ValueError("an aggregated plan must not have a decode role")
-        if self.mode == "disaggregated" and self.decode is None:
+        if self.mode == ServingMode.DISAGGREGATED and self.decode is None:
             raise ValueError("a disaggregated plan must have a decode role")
 
     @property
@@ -90,27 +134,51 @@ class Plan:
         return f"{self.prefill.replicas}P:{self.decode.replicas}D"
 
 
+def clamped_role(bounds: ReplicaRange, tensor_parallel: int, planned: int | None = None) -> tuple[RolePlan, bool]:
+    """(role plan, capped): the planned count (default: the floor) clamped into the spec's replica
+    bounds; without ``max`` the count is fixed (no autoscaling headroom). ``capped`` is true when
+    ``max`` cuts the role below the planned count."""
+    floor, ceiling = bounds.min, bounds.max
+    wanted = floor if planned is None else planned
+    if ceiling is None:
+        count = max(floor, wanted)
+        return RolePlan(replicas=count, max_replicas=count, tensor_parallel=tensor_parallel), False
+    count = min(max(wanted, floor), ceiling)
+    return RolePlan(replicas=count, max_replicas=max(ceiling, count), tensor_parallel=tensor_parallel), count < wanted
+
+
+def router_plan(spec: DisaggregatedModelSpec) -> RolePlan:
+    """The router's floor and ceiling come from the spec alone (it has no GPUs to plan)."""
+    return clamped_role(spec.router.replicas, tensor_parallel=0)[0]
+
+
 def _role_plan(role: EngineRoleSpec, default_tp: int = 1) -> RolePlan:
-    floor = role.replicas.min
-    ceiling = role.replicas.max if role.replicas.max is not None else floor
-    return RolePlan(
-        replicas=floor, max_replicas=max(ceiling, floor), tensor_parallel=role.parallelism.tensor or default_tp
+    fixed = clamped_role(role.replicas, role.parallelism.tensor or default_tp)[0]
+    return replace(fixed, data_parallel=role.parallelism.data or 1, expert_parallel=bool(role.parallelism.expert))
+
+
+_DTYPE_FLAGS = {Dtype.BF16: "bfloat16", Dtype.FP16: "float16"}
+
+
+def spec_engine_settings(spec: DisaggregatedModelSpec) -> EngineSettings:
+    """The precision flags the spec asks for, when there is no model shape to plan with: nothing is
+    assumed, the spec's values are passed through (fp4 has no load-time quantisation: not rendered)."""
+    dtype = spec.model.dtype
+    return EngineSettings(
+        quantization="fp8" if dtype == Dtype.FP8 else None,
+        dtype=_DTYPE_FLAGS.get(dtype),
+        kv_cache_dtype="fp8" if spec.model.kv_cache_dtype == KVCacheDtype.FP8 else None,
     )
 
 
 def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
     """Replicas from the spec's min, TP from the spec; documented in the module docstring."""
-    mode: ServingMode = "aggregated" if spec.mode == Mode.AGGREGATED else "disaggregated"
+    mode = ServingMode.AGGREGATED if spec.mode == Mode.AGGREGATED else ServingMode.DISAGGREGATED
     threshold = spec.router.disagg_threshold
-    router_floor = spec.router.replicas.min
-    router = RolePlan(
-        replicas=router_floor,
-        max_replicas=max(spec.router.replicas.max or router_floor, router_floor),
-        tensor_parallel=0,
-    )
+    router = router_plan(spec)
     prefill = _role_plan(spec.prefill)
     decode = None
-    if mode == "disaggregated":
+    if mode == ServingMode.DISAGGREGATED:
         decode = _role_plan(spec.decode, default_tp=prefill.tensor_parallel)
     return Plan(
         mode=mode,
@@ -124,6 +192,8 @@ def placeholder_plan(spec: DisaggregatedModelSpec) -> Plan:
             + (" (mode auto resolved to disaggregated)" if spec.mode == Mode.AUTO else "")
             + "; the analytical planner is not enabled yet."
         ),
+        engine=spec_engine_settings(spec),
+        gpu=spec.accelerator.type,
     )
 
 

@@ -1,4 +1,5 @@
-"""Queueing formulas for open-loop (Poisson) traffic: M/D/1 means and tails, Little's law helpers.
+"""Queueing formulas for open-loop (Poisson) traffic: M/D/1 and M/D/c waits, Poisson percentiles,
+Little's-law fixed points and the smallest server count a monotone target allows.
 
 A prefill server with Poisson arrivals at rate ``lam`` and deterministic service ``d`` is M/D/1.
 Its mean wait is ``rho d / (2 (1 - rho))``. For percentiles we use the Cramer-Lundberg asymptote
@@ -9,6 +10,7 @@ positive root of ``lam (exp(theta d) - 1) = theta`` and ``C = (1 - rho) / (lam d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from statistics import NormalDist
 
 _BISECTION_STEPS = 60
@@ -99,3 +101,52 @@ def mdc_wait_percentile(lam: float, d: float, servers: int, p: float) -> float:
         return 0.0
     rho = offered / servers
     return math.log(wait_prob / tail) * d / (2.0 * servers * (1.0 - rho))
+
+
+def balanced_percentile(mean_per_server: float, servers: int, p: float) -> float:
+    """Per-server population percentile when a load-aware router spreads a Poisson population of mean
+    ``mean_per_server * servers`` evenly over ``servers``: the percentile of the total, divided."""
+    return poisson_percentile(mean_per_server * servers, p) / servers
+
+
+def littles_law_population(
+    lam: float, sojourn_per_unit: Callable[[float], float], units: int, limit: float
+) -> float | None:
+    """Mean population ``N`` solving Little's law ``N = lam * units * t(N)`` where ``t(N)`` is the time
+    one of the ``units`` steps takes with ``N`` in the system (a decode batch: ``units`` output tokens, each
+    a step whose time grows with the batch). ``None`` when no ``N <= limit`` solves it (unstable, or more
+    than the system holds). Bisection on ``lam * units * t(N) - N``."""
+
+    def excess(n: float) -> float:
+        return lam * units * sojourn_per_unit(max(n, 1e-9)) - n
+
+    if excess(limit) > 0:
+        return None
+    lo, hi = 0.0, limit
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def min_servers(ok: Callable[[int], bool], lo: int, limit: int) -> int | None:
+    """Smallest ``n >= lo`` with ``ok(n)`` for a predicate monotone in ``n`` (more servers never hurt):
+    doubling from ``lo`` until it holds, then bisection. ``None`` when even ``limit`` fails."""
+    n = lo
+    while not ok(n):
+        if n >= limit:
+            return None
+        n = min(limit, n * 2)
+    low = max(lo, n // 2)
+    if low == n or ok(low):
+        return low if ok(low) else n
+    while n - low > 1:
+        mid = (low + n) // 2
+        if ok(mid):
+            n = mid
+        else:
+            low = mid
+    return n

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 
 from disagg.planner.catalog import PlanningError
 from disagg.planner.costmodel import Engine
-from disagg.planner.search import Candidate, Fabric, Workload, prefill_batch_limit
+from disagg.planner.plan import ServingMode
+from disagg.planner.sizing import Candidate, Fabric, Workload, prefill_batch_limit
 
 WARMUP_SHARE = 0.1
 
@@ -128,7 +129,7 @@ def simulate(
         raise PlanningError("simulate at least 10 requests")
     reqs = _arrivals(workload, requests, seed)
     overhead = decode_engine.backend.request_overhead_ms / 1e3
-    if candidate.mode == "aggregated":
+    if candidate.mode == ServingMode.AGGREGATED:
         end = _run_aggregated(candidate, prefill_engine, reqs)
     else:
         end = _run_disaggregated(candidate, prefill_engine, decode_engine, reqs, fabric or Fabric())

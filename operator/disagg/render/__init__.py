@@ -35,8 +35,8 @@ def _identity(model: ModelRef, settings: OperatorSettings, role: str) -> RoleIde
     return RoleIdentity(model, settings, role)
 
 
-def _llmd_labels(spec: DisaggregatedModelSpec, role: str) -> dict[str, str]:
-    return {
+def _llmd_labels(spec: DisaggregatedModelSpec, plan: Plan, role: str) -> dict[str, str]:
+    labels = {
         "llm-d.ai/role": role,
         "llm-d.ai/inference-serving": "true",
         "llm-d.ai/model": label_value(spec.model.name),
@@ -44,8 +44,11 @@ def _llmd_labels(spec: DisaggregatedModelSpec, role: str) -> dict[str, str]:
         "llm-d.ai/accelerator-vendor": "nvidia"
         if spec.accelerator.resource_name.startswith("nvidia.com/")
         else label_value(spec.accelerator.resource_name.split("/")[0]),
-        "llm-d.ai/accelerator-variant": label_value(spec.accelerator.type.replace("_", "-").lower()),
     }
+    gpu = plan.gpu or spec.accelerator.type
+    if gpu:
+        labels["llm-d.ai/accelerator-variant"] = label_value(gpu.replace("_", "-").lower())
+    return labels
 
 
 def _pod_scheduling(
@@ -78,6 +81,7 @@ def _pod_scheduling(
 def _engine_deployment(
     model: ModelRef,
     spec: DisaggregatedModelSpec,
+    plan: Plan,
     plan_role: RolePlan,
     role_spec: EngineRoleSpec,
     role: str,
@@ -94,13 +98,14 @@ def _engine_deployment(
         settings,
         port=port,
         port_name="vllm" if decode else "http",
-        tensor_parallel=plan_role.tensor_parallel,
+        plan_role=plan_role,
+        engine=plan.engine,
         disaggregated=disaggregated,
     )
     if decode:
         container["args"].append("--shutdown-timeout=60")
     identity = _identity(model, settings, role)
-    pod_labels = identity.labels(role_spec.scheduling.pod_labels, _llmd_labels(spec, role))
+    pod_labels = identity.labels(role_spec.scheduling.pod_labels, _llmd_labels(spec, plan, role))
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}],
@@ -120,7 +125,7 @@ def _engine_deployment(
     }
     if not autoscaled:
         deployment_spec["replicas"] = plan_role.replicas
-    return identity.child("apps/v1", "Deployment", deployment_spec, _llmd_labels(spec, role))
+    return identity.child("apps/v1", "Deployment", deployment_spec, _llmd_labels(spec, plan, role))
 
 
 def _service(model: ModelRef, settings: OperatorSettings, role: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -208,7 +213,7 @@ def render(
 
     for role, plan_role, role_spec in roles:
         autoscaled = _autoscaled(spec, plan_role)
-        deployment = _engine_deployment(model, spec, plan_role, role_spec, role, settings, placement, autoscaled)
+        deployment = _engine_deployment(model, spec, plan, plan_role, role_spec, role, settings, placement, autoscaled)
         if (engines_at_zero or role in held_asleep) and not autoscaled:
             deployment["spec"]["replicas"] = 0
         objects.append(deployment)

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from disagg.api.spec import DisaggregatedModelSpec, EngineRoleSpec, EnvVar, NetworkKind
+from disagg.planner.plan import EngineSettings, RolePlan
 from disagg.settings import OperatorSettings
 
 PREFILL_PORT = 8000
@@ -19,8 +20,6 @@ SIDECAR_PORT = 8000
 NIXL_PORT = 5600
 ENGINE_CONTAINER = "vllm"
 SIDECAR_CONTAINER = "routing-sidecar"
-
-_DTYPE_ARGS = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 def served_model_path(spec: DisaggregatedModelSpec) -> str:
@@ -49,21 +48,40 @@ def kv_transfer_config(spec: DisaggregatedModelSpec) -> str:
 
 
 def engine_args(
-    spec: DisaggregatedModelSpec, role: EngineRoleSpec, *, port: int, tensor_parallel: int, disaggregated: bool
+    spec: DisaggregatedModelSpec,
+    role: EngineRoleSpec,
+    *,
+    port: int,
+    plan_role: RolePlan,
+    engine: EngineSettings,
+    disaggregated: bool,
 ) -> list[str]:
+    """The ``vllm serve`` arguments: what the plan decided (parallelism, precisions, the batch limit, the
+    step's token budget and, when the KV cache cannot hold the checkpoint's context, the context), then
+    the spec's own args (engine.args, then the role's; argparse keeps the last of a repeated flag, so
+    they win)."""
     args = [
         served_model_path(spec),
         f"--port={port}",
         f"--served-model-name={spec.model.name}",
-        f"--tensor-parallel-size={tensor_parallel}",
+        f"--tensor-parallel-size={plan_role.tensor_parallel}",
     ]
-    dtype = spec.model.dtype.value
-    if dtype in _DTYPE_ARGS:
-        args.append(f"--dtype={_DTYPE_ARGS[dtype]}")
-    elif dtype == "fp8":
-        args.append("--quantization=fp8")
-    if spec.model.kv_cache_dtype.value == "fp8":
-        args.append("--kv-cache-dtype=fp8")
+    if plan_role.data_parallel > 1:
+        args.append(f"--data-parallel-size={plan_role.data_parallel}")
+    if plan_role.expert_parallel:
+        args.append("--enable-expert-parallel")
+    if engine.dtype is not None:
+        args.append(f"--dtype={engine.dtype}")
+    if engine.quantization is not None:
+        args.append(f"--quantization={engine.quantization}")
+    if engine.kv_cache_dtype is not None:
+        args.append(f"--kv-cache-dtype={engine.kv_cache_dtype}")
+    if plan_role.max_num_seqs is not None:
+        args.append(f"--max-num-seqs={plan_role.max_num_seqs}")
+    if plan_role.max_num_batched_tokens is not None:
+        args.append(f"--max-num-batched-tokens={plan_role.max_num_batched_tokens}")
+    if plan_role.max_model_len is not None:
+        args.append(f"--max-model-len={plan_role.max_model_len}")
     if disaggregated:
         args += ["--block-size=128", f"--kv-transfer-config={kv_transfer_config(spec)}"]
     return [*args, *spec.engine.args, *role.args]
@@ -95,11 +113,11 @@ def engine_env(spec: DisaggregatedModelSpec, role: EngineRoleSpec, *, disaggrega
     return list(env.values())
 
 
-def _resources(role: EngineRoleSpec, gpu_resource: str, tensor_parallel: int) -> dict[str, Any]:
+def _resources(role: EngineRoleSpec, gpu_resource: str, gpus: int) -> dict[str, Any]:
     requests = dict(role.resources.requests)
     limits = dict(role.resources.limits)
-    requests[gpu_resource] = str(tensor_parallel)
-    limits[gpu_resource] = str(tensor_parallel)
+    requests[gpu_resource] = str(gpus)
+    limits[gpu_resource] = str(gpus)
     return {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))}
 
 
@@ -110,19 +128,25 @@ def engine_container(
     *,
     port: int,
     port_name: str,
-    tensor_parallel: int,
+    plan_role: RolePlan,
+    engine: EngineSettings,
     disaggregated: bool,
 ) -> dict[str, Any]:
     ports = [{"name": port_name, "containerPort": port, "protocol": "TCP"}]
     if disaggregated:
+        # one NIXL side channel per data-parallel rank: VLLM_NIXL_SIDE_CHANNEL_PORT + rank
         ports.append({"name": "nixl", "containerPort": NIXL_PORT, "protocol": "TCP"})
+        ports += [
+            {"name": f"nixl-{rank}", "containerPort": NIXL_PORT + rank, "protocol": "TCP"}
+            for rank in range(1, plan_role.data_parallel)
+        ]
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": spec.engine.image or settings.engine_image,
         "command": ["vllm", "serve"],
-        "args": engine_args(spec, role, port=port, tensor_parallel=tensor_parallel, disaggregated=disaggregated),
+        "args": engine_args(spec, role, port=port, plan_role=plan_role, engine=engine, disaggregated=disaggregated),
         "ports": ports,
-        "resources": _resources(role, spec.accelerator.resource_name, tensor_parallel),
+        "resources": _resources(role, spec.accelerator.resource_name, plan_role.gpus_per_pod),
         "startupProbe": {
             "httpGet": {"path": "/health", "port": port},
             "periodSeconds": 10,
