@@ -18,11 +18,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from e2e.harness import ROOT, ClusterEnv, Kubectl, wait_for
+
+if TYPE_CHECKING:
+    from e2e.metrics import MetricsStack
 
 RUN_ANNOTATION = {"kwok.x-k8s.io/status": "custom"}
 
@@ -122,6 +125,44 @@ def ready_pods(kubectl: Kubectl, namespace: str, role: str, model: str) -> list[
         if not p["metadata"].get("deletionTimestamp")
         and any(c["type"] == "Ready" and c["status"] == "True" for c in (p.get("status") or {}).get("conditions") or [])
     ]
+
+
+ENGINE_METRICS = {"prefill": "vllm_num_requests_waiting", "decode": "vllm_kv_cache_usage_perc"}
+"""The custom metric each engine role's HPA reads (prometheus-adapter's names)."""
+
+
+def serve_floors(
+    kubectl: Kubectl,
+    metrics_stack: MetricsStack,
+    namespace: str,
+    model: str,
+    served_model: str,
+    floors: dict[str, int],
+    timeout: float = 180,
+) -> str:
+    """Until every role has ``floors[role]`` Ready pods, all of them scraped, the adapter serves
+    each engine role's HPA metric, and the router answers a request. Returns the router's URL."""
+
+    def up() -> list[str] | None:
+        pods = {role: ready_pods(kubectl, namespace, role, model) for role in floors}
+        if all(len(pods[r]) >= n for r, n in floors.items()):
+            return [p["metadata"]["name"] for group in pods.values() for p in group]
+        return None
+
+    names = wait_for("every floor pod running and Ready", up, timeout=timeout)
+    metrics_stack.wait_scraped(namespace, names)
+    for role, metric in ENGINE_METRICS.items():
+        if role in floors:
+            wait_for(
+                f"the adapter to serve {metric}",
+                lambda role=role, metric=metric: (
+                    metrics_stack.adapter.metric(namespace, metric, f"disagg.dev/role={role}") or None
+                ),
+                timeout=60,
+            )
+    url = router_address(kubectl, namespace, model)
+    wait_for("the router to route", lambda: send(url, served_model, prompt="hi", max_tokens=2).ok, timeout=60)
+    return url
 
 
 def scrape(url: str, timeout: float = 3) -> dict[str, float]:

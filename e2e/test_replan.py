@@ -19,7 +19,7 @@ import pytest
 
 from e2e.harness import Kubectl, OperatorProcess, wait_for
 from e2e.metrics import MetricsStack
-from e2e.serving import Load, RuntimeProcess, ready_pods, router_address, running_model, send
+from e2e.serving import Load, RuntimeProcess, running_model, serve_floors
 
 pytestmark = pytest.mark.e2e
 MODEL = "rp"
@@ -81,19 +81,12 @@ def test_replan_reads_real_traffic_and_moves_the_floor_with_the_load(
     namespace: str,
 ) -> None:
     kubectl.apply(replan_model(), namespace)
-
-    def up() -> list[str] | None:
-        pods = {role: ready_pods(kubectl, namespace, role, MODEL) for role in ("prefill", "decode", "router")}
-        return [p["metadata"]["name"] for group in pods.values() for p in group] if all(pods.values()) else None
-
-    metrics_stack.wait_scraped(namespace, wait_for("prefill, decode and router Ready", up, timeout=180))
+    url = serve_floors(kubectl, metrics_stack, namespace, MODEL, SERVED_MODEL, {"prefill": 1, "decode": 1, "router": 1})
     body = kubectl.get("disaggregatedmodel", MODEL, namespace)
     assert body is not None
     plan = body["status"]["plan"]
     assert plan["source"] == "planner", plan
     assert hpa_floor(kubectl, namespace, "prefill") == 1, "the spec's workload plans one prefill pod"
-    url = router_address(kubectl, namespace, MODEL)
-    wait_for("the router to route", lambda: send(url, SERVED_MODEL, prompt="hi", max_tokens=2).ok, timeout=60)
 
     # -- heavy: long prompts from a closed loop, many times the planned rate ----------------------
     started = time.time()

@@ -31,7 +31,7 @@ import yaml
 from e2e.harness import MANAGED, ROOT, ClusterEnv, Kubectl, OperatorProcess, operator_writes, wait_for
 from e2e.keda import KedaStack
 from e2e.metrics import SCRAPE_INTERVAL_SECONDS, MetricsStack, OwnershipLog, first_visible, scale_writes
-from e2e.serving import Load, Result, RuntimeProcess, prompt_of, ready_pods, router_address, running_model, send
+from e2e.serving import Load, Result, RuntimeProcess, prompt_of, ready_pods, running_model, send, serve_floors
 
 pytestmark = pytest.mark.e2e
 MODEL = "m"
@@ -132,26 +132,7 @@ def start_model(kubectl: Kubectl, metrics_stack: MetricsStack, namespace: str, b
         "decode": body["spec"]["decode"]["replicas"]["min"],
         "router": 1,
     }
-
-    def up() -> list[str] | None:
-        pods = {role: ready_pods(kubectl, namespace, role, MODEL) for role in floors}
-        if all(len(pods[r]) >= n for r, n in floors.items()):
-            return [p["metadata"]["name"] for group in pods.values() for p in group]
-        return None
-
-    names = wait_for("every floor pod running and Ready", up, timeout=180)
-    metrics_stack.wait_scraped(namespace, names)
-    for role, metric in (("prefill", "vllm_num_requests_waiting"), ("decode", "vllm_kv_cache_usage_perc")):
-        wait_for(
-            f"the adapter to serve {metric}",
-            lambda role=role, metric=metric: (
-                metrics_stack.adapter.metric(namespace, metric, f"disagg.dev/role={role}") or None
-            ),
-            timeout=60,
-        )
-    url = router_address(kubectl, namespace, MODEL)
-    wait_for("the router to route", lambda: send(url, SERVED_MODEL, prompt="hi", max_tokens=2).ok, timeout=60)
-    return url
+    return serve_floors(kubectl, metrics_stack, namespace, MODEL, SERVED_MODEL, floors)
 
 
 class HeldRequest:
