@@ -107,8 +107,9 @@ def test_status_shows_plan_roles_placement_and_conditions(
         f"  Roles:      prefill TP{prefill['tensorParallel']} floor {prefill['replicas']} max {prefill['maxReplicas']};"
         f" decode TP{decode['tensorParallel']} floor {decode['replicas']} max {decode['maxReplicas']}"
     ) in plan_lines
-    predicted = f"TTFT {milliseconds(plan['predictedTtftMs'])}, ITL {milliseconds(plan['predictedItlMs'])}"
-    assert any(line.startswith(f"  Predicted:  {predicted}") for line in plan_lines), plan_lines
+    ttft, itl = milliseconds(plan["predictedTtftMs"]), milliseconds(plan["predictedItlMs"])
+    # the sample sets no SLO: the spec's defaults are shown beside the predictions
+    assert f"  Predicted:  TTFT {ttft} (SLO 2s p90), ITL {itl} (SLO 50ms p90): SLOs met" in plan_lines, plan_lines
     assert squeezed(" ".join(plan_lines)).endswith(squeezed(plan["reason"])[-60:])
 
     roles = section(text, "Roles:")
@@ -207,12 +208,17 @@ def test_plan_shows_what_a_manifest_would_change(
         applied.stdout
     )
 
+    # a model not applied yet, and without accelerator.type: planned for its nodes' GPU as the operator does
     missing = copy.deepcopy(changed)
     missing["metadata"]["name"] = "not-applied-yet"
+    del missing["spec"]["accelerator"]["type"]
     manifest.write_text(yaml.safe_dump(missing))
     fresh = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace)
     assert fresh.returncode == 0, fresh.stderr
-    assert "not deployed" in fresh.stdout.splitlines()[0]
+    assert fresh.stdout.splitlines()[0] == (
+        f"disaggregatedmodel/not-applied-yet in namespace {namespace}: not deployed; applying the manifest would plan:"
+    )
+    assert "from the nvidia.com/gpu.product label of the" in squeezed(fresh.stdout), fresh.stdout
 
     bad = copy.deepcopy(body)
     bad["spec"]["prefill"]["replicas"] = {"min": 5, "max": 2}

@@ -337,6 +337,24 @@ def test_status_without_events_or_decisions_says_so() -> None:
     assert sleep[1] == "  Now:    not decided yet (no ScaledToZero condition)"
     assert sleep[2] == "  Slept:  no ScaledToZeroTrue among the model's Events (kept 1h by default)"
     assert section(text, "Re-plan:") == ["Re-plan: on, every 5m; no decision yet"]
+    body["status"]["replan"] = {"time": "", "observed": {}, "prefillFloor": 3, "decision": "floors read back"}
+    assert section(status_text(ModelSnapshot(model=body), NOW), "Re-plan:") == [
+        "Re-plan: on, every 5m",
+        "  Last:    none yet (floors read back)",
+        "  Floors:  prefill 3",
+    ]
+
+
+def test_defaults_of_the_spec_are_shown_and_an_invalid_spec_is_said_so() -> None:
+    body = model(scaleToZero={"enabled": True})
+    del body["spec"]["slo"]
+    text = status_text(ModelSnapshot(model=body), NOW)
+    assert "  Predicted:  TTFT 524 ms (SLO 2s p90), ITL 12.0 ms (SLO 50ms p90): SLOs met" in text
+    assert section(text, "Scale to zero:")[0] == "Scale to zero: on, idle after 15m"
+    body["spec"]["notAField"] = 1  # what the CRD schema would prune; a newer operator's field
+    text = status_text(ModelSnapshot(model=body), NOW)
+    assert "  Predicted:  TTFT 524 ms, ITL 12.0 ms: SLOs met" in text
+    assert section(text, "Scale to zero:") == ["Scale to zero: unknown (the spec does not validate: see Conditions)"]
 
 
 def test_a_model_the_planner_rejected_shows_why_and_its_conditions() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from disagg.api.spec import DisaggregatedModelSpec
 from disagg.api.status import (
     ConditionType,
     DisaggregatedModelStatus,
@@ -28,6 +29,7 @@ from disagg.render.autoscaling import KEDA_PAUSED_REPLICAS
 WRAP = 100
 """Long sentences (the planner's reason) are wrapped to this width."""
 NONE = "-"
+INVALID_SPEC = "unknown (the spec does not validate: see Conditions)"
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,14 @@ def _status(model: Mapping[str, Any]) -> tuple[DisaggregatedModelStatus | None, 
         return None, f"status.{where}: {first['msg']}"
 
 
+def _spec(model: Mapping[str, Any]) -> DisaggregatedModelSpec | None:
+    """The typed spec (defaults filled in), None when it does not validate (the conditions say why)."""
+    try:
+        return DisaggregatedModelSpec.model_validate(model.get("spec") or {})
+    except ValidationError:
+        return None
+
+
 def _role_plan(plan: PlanSummary | None, role: str) -> RolePlanSummary | None:
     if plan is None:
         return None
@@ -314,7 +324,7 @@ def _header(model: Mapping[str, Any], now: dt.datetime) -> list[str]:
 
 
 def _plan_section(model: Mapping[str, Any], status: DisaggregatedModelStatus) -> list[str]:
-    spec = model.get("spec") or {}
+    spec = _spec(model)
     planned = _condition(model, ConditionType.PLANNED.value)
     verdict = f"Planned={planned.get('status')} ({planned.get('reason')})" if planned else "Planned: -"
     plan = status.plan
@@ -328,10 +338,10 @@ def _plan_section(model: Mapping[str, Any], status: DisaggregatedModelStatus) ->
         if role is not None:
             label = "prefill-decode" if plan.decode is None else name
             roles.append(f"{label} TP{role.tensor_parallel} floor {role.replicas} max {role.max_replicas}")
-    slo = _get(spec, "slo") or {}
-    percentile = f" p{slo['percentile']}" if slo.get("percentile") else ""
-    ttft = milliseconds(plan.predicted_ttft_ms) + (f" (SLO {slo['ttft']}{percentile})" if slo.get("ttft") else "")
-    itl = milliseconds(plan.predicted_itl_ms) + (f" (SLO {slo['itl']}{percentile})" if slo.get("itl") else "")
+    ttft, itl = milliseconds(plan.predicted_ttft_ms), milliseconds(plan.predicted_itl_ms)
+    if spec is not None:
+        ttft += f" (SLO {spec.slo.ttft} p{spec.slo.percentile})"
+        itl += f" (SLO {spec.slo.itl} p{spec.slo.percentile})"
     met = {True: ": SLOs met", False: ": SLOs at risk", None: ""}[plan.slo_met]
     rows = [
         ["Mode:", f"{plan.mode}, {status.ratio or ratio(plan)} on {plan.gpus} GPUs at the floor"],
@@ -419,12 +429,13 @@ def event_time(event: Mapping[str, Any]) -> str | None:
 
 
 def _sleep_section(snapshot: ModelSnapshot, now: dt.datetime) -> list[str]:
-    spec = snapshot.model.get("spec") or {}
-    zero = _get(spec, "scaleToZero") or {}
-    if not zero.get("enabled"):
+    spec = _spec(snapshot.model)
+    if spec is None:
+        return [f"Scale to zero: {INVALID_SPEC}"]
+    if not spec.scale_to_zero.enabled:
         return ["Scale to zero: off"]
     marker = _condition(snapshot.model, ConditionType.SCALED_TO_ZERO.value)
-    lines = [f"Scale to zero: on, idle after {zero.get('idleAfter', '15m')}"]
+    lines = [f"Scale to zero: on, idle after {spec.scale_to_zero.idle_after}"]
     rows = []
     if marker is None:
         rows.append(["Now:", "not decided yet (no ScaledToZero condition)"])
@@ -464,10 +475,12 @@ def _observed(replan: ReplanStatus) -> str:
 
 
 def _replan_section(model: Mapping[str, Any], status: DisaggregatedModelStatus, now: dt.datetime) -> list[str]:
-    replan_spec = _get(model, "spec", "planner", "replan") or {}
-    if not replan_spec.get("enabled"):
+    spec = _spec(model)
+    if spec is None:
+        return [f"Re-plan: {INVALID_SPEC}"]
+    if not spec.planner.replan.enabled:
         return ["Re-plan: off"]
-    head = f"Re-plan: on, every {replan_spec.get('interval', '5m')}"
+    head = f"Re-plan: on, every {spec.planner.replan.interval}"
     last = status.replan
     if last is None:
         return [f"{head}; no decision yet"]
@@ -478,8 +491,11 @@ def _replan_section(model: Mapping[str, Any], status: DisaggregatedModelStatus, 
     ]
     if last.disagg_threshold is not None:
         floors.append(f"threshold {last.disagg_threshold} tokens")
+    if not last.time:  # the floors read back from the autoscalers when status.replan was lost
+        rows = [["Last:", f"none yet ({last.decision})"], ["Floors:", ", ".join(floors) or NONE]]
+        return [head, *table(rows)]
     rows = [
-        ["Last:", f"{since(last.time, now)}: {last.decision or NONE}" if last.time else f"none yet ({last.decision})"],
+        ["Last:", f"{since(last.time, now)}: {last.decision or NONE}"],
         ["Observed:", _observed(last)],
         ["Correction:", f"TTFT x{last.ttft_correction:.2f}, ITL x{last.itl_correction:.2f}"],
         ["Floors:", ", ".join(floors) or NONE],

@@ -117,11 +117,19 @@ def plan_change(
     )
 
 
+def _resolved(name: str, spec: DisaggregatedModelSpec, node_products: Mapping[str, int] | None) -> Resolution:
+    resolution = resolve_plan(spec, node_products)
+    if resolution.plan is None:
+        raise CliError(f"{name}: cannot plan: {resolution.message}")
+    return resolution
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from disagg.kube import ApiError
+    from disagg.reconcile import node_products
 
-    planned: list[tuple[dict[str, Any], DisaggregatedModelSpec, Resolution]] = []
-    for body in load_models(args.filename):  # every manifest is checked before the cluster is asked
+    manifests: list[tuple[dict[str, Any], DisaggregatedModelSpec, Resolution | None]] = []
+    for body in load_models(args.filename):  # every manifest is judged before the cluster is asked
         name = (body.get("metadata") or {}).get("name")
         if not name:
             raise CliError(f"{args.filename}: a DisaggregatedModel has no metadata.name")
@@ -129,25 +137,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
             spec = parse_spec(body.get("spec"))
         except ValueError as exc:
             raise CliError(f"{name}: invalid spec: {exc}") from exc
-        resolution = resolve_plan(spec)
-        if resolution.plan is None:
-            raise CliError(f"{name}: cannot plan: {resolution.message}")
-        planned.append((body, spec, resolution))
+        # a spec without accelerator.type is planned for its nodes' GPUs, as the operator does: later
+        manifests.append((body, spec, _resolved(name, spec, None) if spec.accelerator.type else None))
     cluster, namespace = _connect(args)
     texts = []
-    for body, spec, resolution in planned:
+    for body, spec, known in manifests:
         meta = body.get("metadata") or {}
-        own = meta.get("namespace")
+        name, own = str(meta["name"]), meta.get("namespace")
         if own and args.namespace and own != args.namespace:
-            raise CliError(
-                f"{meta['name']}: the manifest's namespace {own!r} does not match the namespace {args.namespace!r}"
-            )
+            raise CliError(f"{name}: the manifest's namespace {own!r} does not match the namespace {args.namespace!r}")
         where = own or namespace
         try:
-            live = cluster.get_model(where, meta["name"])
+            resolution = known or _resolved(name, spec, node_products(spec, cluster))
+            live = cluster.get_model(where, name)
         except ApiError as exc:
-            raise CliError(f"reading {where}/{meta['name']}: {exc}") from exc
-        texts.append(plan_change_text(plan_change(meta["name"], where, spec, resolution, live)))
+            raise CliError(f"{name}: reading the cluster: {exc}") from exc
+        texts.append(plan_change_text(plan_change(name, where, spec, resolution, live)))
     sys.stdout.write("\n".join(texts))
     return 0
 
