@@ -21,7 +21,8 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
-def _load_models(path: str) -> list[dict[str, Any]]:
+def load_models(path: str) -> list[dict[str, Any]]:
+    """The DisaggregatedModels in a YAML file (``-``: stdin); CliError when there are none."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -45,7 +46,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     out: list[dict[str, Any]] = []
-    for body in _load_models(args.filename):
+    for body in load_models(args.filename):
         meta = body.get("metadata") or {}
         name = meta.get("name")
         if not name:

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import urllib3
@@ -51,6 +52,7 @@ BUILT_IN_APIS = frozenset(
     {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
 )
 FAILPOINT_ENV = "DISAGG_FAILPOINT"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 WRITE_PHASES = ("apply", "delete", "scale", "status")
 
 
@@ -65,18 +67,45 @@ def parse_failpoint(text: str | None) -> tuple[str, int] | None:
     return phase, int(count)
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+def load_api_client(
+    kubeconfig: str | None = None, *, context: str | None = None, user_agent: str = USER_AGENT
+) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG, which may list
+    several files, or ~/.kube/config). A kubeconfig or context named explicitly is always used.
+    Raises ``kubernetes.config.ConfigException`` when there are no credentials."""
     configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    in_cluster = False
+    if kubeconfig is None and context is None:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            in_cluster = True
+        except config.ConfigException:
+            pass
+    if not in_cluster:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
     # every cache holds a watch open (kube/cache.py): room for those and the writes beside them
     configuration.connection_pool_maxsize = CONNECTIONS
     api = client.ApiClient(configuration)
-    api.user_agent = USER_AGENT  # lets audit logs tell the operator's requests apart
+    api.user_agent = user_agent  # lets audit logs tell the operator's requests apart
     return api
+
+
+def default_namespace(kubeconfig: str | None = None, *, context: str | None = None) -> str:
+    """The namespace kubectl would use: the context's, else the pod's own in a cluster, else ``default``."""
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        contexts, active = [], None
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    if namespace:
+        return str(namespace)
+    if chosen is None and kubeconfig is None and context is None:
+        with contextlib.suppress(OSError):
+            return IN_CLUSTER_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
+    return "default"
 
 
 class KubeCluster:
@@ -231,6 +260,20 @@ class KubeCluster:
             else:
                 self._missing_apis[api_version] = now
         return answer
+
+    def get_object(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """One object, or None when it (or its API) does not exist."""
+        try:
+            result: dict[str, Any] = self._call("GET", kind.path(namespace, name))
+        except NotFoundError:
+            return None
+        result.setdefault("apiVersion", kind.api_version)
+        result.setdefault("kind", kind.kind)
+        return result
+
+    def list_objects(self, kind: Kind, namespace: str | None = None, **query: str) -> list[dict[str, Any]]:
+        """One LIST (``labelSelector``, ``fieldSelector``, ...); empty when the API is not served."""
+        return self._list(kind, namespace, **query)
 
     def list_children(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         label_selector = selector_string(selector)
