@@ -1,6 +1,6 @@
 """Accuracy of the analytical planner against measured serving runs, and how long a plan takes.
 
-    python bench/planner_accuracy.py [--csv PATH] [--worst N] [--no-cv] [--fit]
+    python bench/planner_accuracy.py [--csv PATH] [--worst N] [--no-cv] [--fit] [--residuals]
 
 Prints the median absolute percentage error of TTFT and TPOT over every measured-dev.csv row the
 estimator supports (``mode=agg``: one engine, C closed-loop clients), overall and per
@@ -8,22 +8,26 @@ estimator supports (``mode=agg``: one engine, C closed-loop clients), overall an
 cross-validation (each GPU, each model and each backend held out in turn; the fitted backend constants
 of disagg/planner/calibrate.py refitted without it), and the latency of ``disagg plan`` for the
 acceptance case (70B on H100, 4K prompts, 300 output tokens, 20 req/s, TTFT 1 s, ITL 50 ms).
-``--fit`` prints the backend constants fitted on every row (what catalog.py ships).
+``--fit`` prints the backend constants fitted on every row (what catalog.py ships). ``--residuals`` prints
+the median predicted/measured TTFT by measurement source, backend and concurrency (the table that shows the
+harnesses pulling the fitted constants in opposite directions, docs/planner.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
 from disagg.planner.calibrate import cross_validate, error_bands, fit  # noqa: E402
-from disagg.planner.measured import accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
+from disagg.planner.measured import Comparison, accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
 from disagg.planner.search import Workload, plan  # noqa: E402
 
 DEFAULT_CSV = ROOT / "data" / "serving-measurements" / "measured-dev.csv"
@@ -36,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worst", type=int, default=0, help="also list the N worst rows by TPOT error")
     parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation (about a minute)")
     parser.add_argument("--fit", action="store_true", help="print the backend constants fitted on every row")
+    parser.add_argument(
+        "--residuals", action="store_true", help="median predicted/measured TTFT by source, backend, concurrency"
+    )
     parser.add_argument(
         "--write-bands",
         action="store_true",
@@ -71,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c.row_id[:70]:<72} ttft {c.measured_ttft_ms:8.1f}/{c.predicted_ttft_ms:8.1f}  "
                 f"tpot {c.measured_tpot_ms:7.2f}/{c.predicted_tpot_ms:7.2f}"
             )
+
+    if args.residuals:
+        print_residuals(rows, comparisons)
 
     if args.fit:
         fitted = fit(rows)
@@ -127,6 +137,40 @@ def main(argv: list[str] | None = None) -> int:
         f"{elapsed_ms:.1f} ms (mean of {runs}) -> {result.chosen.summary()}"
     )
     return 0
+
+
+def measurement_source(row: dict[str, str]) -> str:
+    """The harness a row came from: the project folder of a ``source_file=/.../<project>/data/...`` path, or the
+    file name of a flat source."""
+    value = row.get("silicon_data_source", "").split(";")[0].removeprefix("source_file=").strip()
+    if "/data/" in value:
+        return value.split("/data/")[0].rsplit("/", 1)[-1]
+    return value.rsplit("/", 1)[-1] or "unknown"
+
+
+CONCURRENCY_BANDS = ("c<=8", "c<=32", "c<=128", "c>128")
+
+
+def concurrency_band(concurrency: int) -> str:
+    for band, bound in zip(CONCURRENCY_BANDS, (8, 32, 128), strict=False):
+        if concurrency <= bound:
+            return band
+    return CONCURRENCY_BANDS[-1]
+
+
+def print_residuals(rows: list[dict[str, str]], comparisons: list[Comparison]) -> None:
+    """Median predicted/measured TTFT (in-sample) per (source, backend, concurrency band)."""
+    by_id = {row.get("id", ""): row for row in rows}
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for c in comparisons:
+        row = by_id[c.row_id]
+        band = concurrency_band(int(float(row.get("batch_size") or 0)))
+        groups[measurement_source(row), c.key[2], band].append(c.predicted_ttft_ms / c.measured_ttft_ms)
+    print()
+    print(f"{'source':<28}{'backend':<8}{'clients':<9}{'rows':>5}{'TTFT pred/meas':>16}")
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], CONCURRENCY_BANDS.index(kv[0][2])))
+    for (source, backend, band), ratios in order:
+        print(f"{source[:27]:<28}{backend:<8}{band:<9}{len(ratios):>5}{statistics.median(ratios):>16.2f}")
 
 
 if __name__ == "__main__":
