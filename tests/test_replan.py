@@ -100,6 +100,21 @@ def test_apply_floors() -> None:
     assert apply_floors(running, None) == running
 
 
+def test_kept_floors_follow_a_spec_edit_between_decisions() -> None:
+    """A user raises prefill min above the last decision's floor (and lowers decode max below it):
+    the rendered floors follow at once, not at the next re-planning decision."""
+    spec = llama_spec(
+        prefill={"replicas": {"min": 4, "max": 12}, "parallelism": {"tensor": 4}},
+        decode={"replicas": {"min": 1, "max": 2}, "parallelism": {"tensor": 4}},
+    )
+    record = ReplanStatus(time="t", observed=ObservedWorkload(), prefill_floor=3, decode_floor=5)
+    new = apply_floors(plan_of(spec), record, spec)
+    assert new.prefill.replicas == 4
+    assert new.decode is not None
+    assert new.decode.replicas == 2
+    assert new.decode.max_replicas == 2, "the ceiling is not raised past the spec's max"
+
+
 def test_workload_queries_use_the_slo_percentile() -> None:
     q = workload_queries(llama_spec(), namespace="ns", name="m")
     assert q.ttft.startswith("histogram_quantile(0.9,")

@@ -96,7 +96,7 @@ def plan_change(
     if live is not None and status is None:
         notes.append("the live model's status is not readable by this plugin: compared against no plan")
     if status is not None and status.replan is not None and spec.planner.replan.enabled and plan.source == "planner":
-        plan = apply_floors(plan, status.replan)
+        plan = apply_floors(plan, status.replan, spec)
         last = status.replan
         notes.append(
             f"floors kept from the last re-planning decision ({last.time}: {last.decision})"

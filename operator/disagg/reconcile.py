@@ -429,7 +429,7 @@ def _replanned(
         due = then is None or current is None or current - then >= duration_seconds(spec.planner.replan.interval)
     url = settings.prometheus_for(spec.autoscaling.prometheus.url)
     if not due or url is None or metrics is None:
-        return apply_floors(plan, last), last
+        return apply_floors(plan, last, spec), last
     # the traffic since the last decision: rates and means over one interval
     window = spec.planner.replan.interval
     observed = metrics(url).workload(
@@ -439,7 +439,7 @@ def _replanned(
     def planner(candidate: DisaggregatedModelSpec) -> Plan | None:
         return resolve_plan(candidate, node_gpus).plan
 
-    running = apply_floors(plan, last)
+    running = apply_floors(plan, last, spec)
     return replan(spec, running, observed, last, planner, now)
 
 

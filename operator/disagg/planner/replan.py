@@ -100,7 +100,7 @@ def replan(
             disagg_threshold=previous.disagg_threshold if previous else None,
             decision=f"{why}: floors unchanged",
         )
-        return apply_floors(running, record), record
+        return apply_floors(running, record, spec), record
 
     if observed.request_rate is None or observed.request_rate <= 0:
         return unchanged("no observed traffic")
@@ -135,27 +135,41 @@ def replan(
         disagg_threshold=threshold,
         decision="; ".join(changes) if changes else "floors unchanged",
     )
-    return apply_floors(running, record), record
+    return apply_floors(running, record, spec), record
 
 
-def apply_floors(plan: Plan, record: ReplanStatus | None) -> Plan:
-    """The spec's plan with the floors and threshold of the last re-planning decision."""
+def apply_floors(plan: Plan, record: ReplanStatus | None, spec: DisaggregatedModelSpec | None = None) -> Plan:
+    """The spec's plan with the floors and threshold of the last re-planning decision.
+
+    With ``spec``, a kept floor is held inside the spec's current ``replicas.min..max``: a user who
+    raises ``min`` (or lowers ``max``) between decisions sees it at once, not at the next decision.
+    """
     if record is None:
         return plan
+
+    def bounded(floor: int, role: str) -> int:
+        if spec is None:
+            return floor
+        limits = spec.prefill.replicas if role == "prefill" else spec.decode.replicas
+        floor = max(floor, limits.min)
+        return min(floor, limits.max) if limits.max is not None else floor
+
     prefill = plan.prefill
     if record.prefill_floor is not None:
+        floor = bounded(record.prefill_floor, "prefill")
         prefill = dataclasses.replace(
             prefill,
-            replicas=record.prefill_floor,
-            max_replicas=max(prefill.max_replicas, record.prefill_floor),
+            replicas=floor,
+            max_replicas=max(prefill.max_replicas, floor),
             autoscale=prefill.autoscaled,
         )
     decode = plan.decode
     if decode is not None and record.decode_floor is not None:
+        floor = bounded(record.decode_floor, "decode")
         decode = dataclasses.replace(
             decode,
-            replicas=record.decode_floor,
-            max_replicas=max(decode.max_replicas, record.decode_floor),
+            replicas=floor,
+            max_replicas=max(decode.max_replicas, floor),
             autoscale=decode.autoscaled,
         )
     threshold = record.disagg_threshold if record.disagg_threshold is not None else plan.disagg_threshold
