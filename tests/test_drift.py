@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from disagg.drift import is_subset, needs_apply, stamp
+from disagg.drift import ATOMIC_FIELDS, apply_reason, atomic_fields_for, first_difference, is_subset, needs_apply, stamp
 
 
 def test_subset_ignores_server_defaults() -> None:
@@ -54,3 +54,41 @@ def test_stamp_is_stable() -> None:
 def test_empty_rendered_list_matches_an_absent_field() -> None:
     assert is_subset({"env": [], "image": "a"}, {"image": "a"})
     assert not is_subset({"env": [{"name": "X"}]}, {})
+
+
+def _service(selector: dict[str, str]) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "m"}, "spec": {"selector": selector}}
+
+
+def test_a_key_added_to_an_atomic_selector_is_drift() -> None:
+    """A hand-added selector key empties the Service's endpoints; apply replaces the atomic map."""
+    desired = stamp(_service({"app": "m", "role": "prefill"}), "p")
+    edited = {**desired, "spec": {"selector": {"app": "m", "role": "prefill", "x": "y"}}}
+    reason = apply_reason(desired, edited, "p")
+    assert reason is not None
+    assert reason.startswith(".spec.selector: want exactly"), reason
+    reordered = {**desired, "spec": {"selector": {"role": "prefill", "app": "m"}}}
+    assert not needs_apply(desired, reordered, "p")
+
+
+def test_label_selectors_are_atomic_but_the_rest_stays_a_subset() -> None:
+    atomic = ATOMIC_FIELDS
+    want = {"spec": {"selector": {"matchLabels": {"a": "1"}}, "template": {"metadata": {"labels": {"a": "1"}}}}}
+    labels = {"a": "1", "b": "2"}
+    have = {"spec": {"selector": {"matchLabels": {"a": "1"}}, "template": {"metadata": {"labels": labels}}}}
+    assert is_subset(want, have, atomic)
+    widened = {"spec": {"selector": {"matchLabels": {"a": "1", "b": "2"}}}}
+    assert not is_subset({"spec": {"selector": {"matchLabels": {"a": "1"}}}}, widened, atomic)
+    narrowed = {"spec": {"podSelector": {}}}
+    assert first_difference({"spec": {"podSelector": {"matchLabels": {"a": "1"}}}}, narrowed, atomic=atomic)
+
+
+def test_custom_resources_merge_maps_so_their_selectors_stay_subsets() -> None:
+    """A CRD's schema merges maps key by key: apply cannot remove a foreign key, so it is no drift."""
+    pool = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": {"name": "m"}}
+    desired = stamp({**pool, "spec": {"selector": {"matchLabels": {"a": "1"}}}}, "p")
+    live = {**desired, "spec": {"selector": {"matchLabels": {"a": "1", "x": "y"}}}}
+    assert atomic_fields_for(desired) == frozenset()
+    assert not needs_apply(desired, live, "p")
+    assert atomic_fields_for({"apiVersion": "apps/v1"}) == ATOMIC_FIELDS
+    assert atomic_fields_for({"apiVersion": "v1"}) == ATOMIC_FIELDS

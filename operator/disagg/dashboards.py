@@ -108,7 +108,8 @@ def model_queries() -> dict[str, list[Query]]:
         ],
         "Router P/D decisions": [
             Query(
-                f"sum by (decision_type) (rate(llm_d_epp_pd_decision_total{{{router}}}[{WINDOW}]))", "{{decision_type}}"
+                f"sum by (decision_type) (rate(llm_d_epp_disagg_decision_total{{{router}}}[{WINDOW}]))",
+                "{{decision_type}}",
             ),
         ],
         "Requests held by the router": [

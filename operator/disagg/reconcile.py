@@ -500,6 +500,23 @@ def _kept_for_mode_switch(
     return old
 
 
+def pause_acknowledged(
+    model: ModelRef, plan: Plan, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]]
+) -> frozenset[str]:
+    """The engine roles whose live KEDA ScaledObject is paused at 0 and says so (``Paused``)."""
+    roles = set()
+    for role, _ in engine_role_plans(plan):
+        for (_, kind, _, name), obj in live.items():
+            if kind != "ScaledObject" or name != child_name(model.name, role):
+                continue
+            annotations = (obj.get("metadata") or {}).get("annotations") or {}
+            conditions = (obj.get("status") or {}).get("conditions") or []
+            paused = any(c.get("type") == "Paused" and c.get("status") == "True" for c in conditions)
+            if annotations.get(KEDA_PAUSED_REPLICAS) == "0" and paused:
+                roles.add(role)
+    return frozenset(roles)
+
+
 def _held_asleep(
     model: ModelRef, plan: Plan, live: Mapping[tuple[str, str, str, str], Mapping[str, Any]], zero: ZeroState
 ) -> frozenset[str]:
@@ -614,7 +631,16 @@ def reconcile(
     decisions = placement.decisions if placement is not None else []
     outcome.placement_failed = any(d.required and not d.fits for d in decisions)
     held = _held_asleep(model, plan, live, zero)
-    rendered = render(model, spec, plan, settings, placement, engines_at_zero=zero.at_zero, held_asleep=held)
+    rendered = render(
+        model,
+        spec,
+        plan,
+        settings,
+        placement,
+        engines_at_zero=zero.at_zero,
+        held_asleep=held,
+        pause_acknowledged=pause_acknowledged(model, plan, live),
+    )
     desired = [stamp(obj, settings.prefix) for obj in rendered]
     missing = missing_apis(cluster, desired)
     if missing:

@@ -186,12 +186,15 @@ def render(
     *,
     engines_at_zero: bool = False,
     held_asleep: frozenset[str] = frozenset(),
+    pause_acknowledged: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
     """Every child object the model needs, in apply order (config before workloads before scalers).
 
     ``engines_at_zero``: prefill and decode sleep (scale-to-zero). Fixed-size roles render
     ``replicas: 0``; KEDA-scaled roles are paused at 0; HPA-scaled roles keep their rendered form
     (the operator moves them through the scale subresource, like an autoscaler).
+    ``pause_acknowledged``: the roles whose live scaler already reports its pause (KEDA's
+    ``Paused`` condition), see ``KedaBackend.asleep``.
     """
     objects: list[dict[str, Any]] = []
     roles = engine_roles(spec, plan)
@@ -251,7 +254,9 @@ def render(
             continue
         scaler = backend.engine_scaler(scaler_input(role, plan_role, role_spec))
         if scaler is not None:
-            objects.append(backend.asleep(scaler) if engines_at_zero or role in held_asleep else scaler)
+            if engines_at_zero or role in held_asleep:
+                scaler = backend.asleep(scaler, pause_acknowledged=role in pause_acknowledged)
+            objects.append(scaler)
     if _autoscaled(spec, plan.router):
         router_scaler = backend.router_scaler(scaler_input(ROLE_ROUTER, plan.router, None))
         if router_scaler is not None:

@@ -36,6 +36,7 @@ SCALE_DOWN = {
     "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}],
 }
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
+KEDA_PAUSED = "autoscaling.keda.sh/paused"
 CHILD_VERBS = ("list", "watch", "create", "patch", "delete")
 """What the operator does with every kind it owns (watch: its caches, kube/cache.py)."""
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
@@ -99,8 +100,9 @@ class AutoscalerBackend:
     def router_scaler(self, given: ScalerInput) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def asleep(self, scaler: dict[str, Any]) -> dict[str, Any]:
-        """The scaler of a role at zero (unchanged where the operator sleeps it through /scale)."""
+    def asleep(self, scaler: dict[str, Any], *, pause_acknowledged: bool = False) -> dict[str, Any]:  # noqa: ARG002
+        """The scaler of a role at zero (unchanged where the operator sleeps it through /scale).
+        ``pause_acknowledged``: the live scaler already reports itself paused."""
         return scaler
 
 
@@ -182,8 +184,17 @@ class KedaBackend(AutoscalerBackend):
             },
         }
 
-    def asleep(self, scaler: dict[str, Any]) -> dict[str, Any]:
-        scaler["metadata"].setdefault("annotations", {})[KEDA_PAUSED_REPLICAS] = "0"
+    def asleep(self, scaler: dict[str, Any], *, pause_acknowledged: bool = False) -> dict[str, Any]:
+        """Paused at 0 replicas. Once KEDA reports the pause, a second annotation follows: KEDA
+        scales the target to the paused count only in a second reconcile, which the deletion of
+        its HPA triggers; when that reconcile still reads the ScaledObject from before its Paused
+        condition it stops there and the Deployment stays up (kedacore/keda#7446, seen in our
+        e2e). The change of ``paused`` triggers that reconcile again after the condition is in
+        KEDA's cache; with both annotations ``paused-replicas`` decides, so the count stays 0."""
+        annotations = scaler["metadata"].setdefault("annotations", {})
+        annotations[KEDA_PAUSED_REPLICAS] = "0"
+        if pause_acknowledged:
+            annotations[KEDA_PAUSED] = "true"
         return scaler
 
 
