@@ -402,29 +402,42 @@ def test_idle_model_sleeps_together_and_a_request_at_zero_wakes_both(
     # a Service's selector is atomic: the operator's apply took the whole map back
     selector = (kubectl.get("service", f"{MODEL}-prefill", namespace) or {})["spec"]["selector"]
     assert "x" not in selector, selector
-    # this model has no shape (nothing predicted) and no topology (nothing placed): those panels
-    # must stay empty for it, and say so, rather than be skipped
+    # this model has no shape, so the plan predicts nothing: the "planned" lines must stay empty
+    # for it (and say so) rather than be skipped
     body = kubectl.get("disaggregatedmodel", MODEL, namespace) or {}
     plan_status = (body.get("status") or {}).get("plan") or {}
     assert plan_status.get("predictedTtftMs") is None, plan_status
-    assert not (body.get("spec") or {}).get("topology"), body["spec"]
+    # it has no topology either: a small rack-packed neighbour gives the placement panel its data
+    packed = yaml.safe_load((ROOT / "manifests" / "samples" / "qwen3-32b-rack-packed.yaml").read_text())
+    del packed["spec"]["model"]["preset"]
+    packed["metadata"]["name"] = f"{MODEL}-packed"
+    for role in ("prefill", "decode"):
+        packed["spec"][role] = {"replicas": {"min": 1}, "parallelism": {"tensor": 1}}
+    kubectl.apply(packed, namespace)
+    wait_for(
+        "the rack-packed neighbour's placement",
+        lambda: ((kubectl.get("disaggregatedmodel", f"{MODEL}-packed", namespace) or {}).get("status") or {}).get(
+            "placement"
+        ),
+        timeout=60,
+    )
+    time.sleep(2 * SCRAPE_INTERVAL_SECONDS + 1)
     check_dashboard_queries(
         prometheus,
         namespace,
         since=created,
         absent_because={
-            "TTFT against the SLO": "no model shape: the plan predicts nothing",
-            "ITL against the SLO": "no model shape: the plan predicts nothing",
-            "Placement decisions": "no topology: nothing to place",
+            ("TTFT against the SLO", "planned"): "no model shape: the plan predicts nothing",
+            ("ITL against the SLO", "planned"): "no model shape: the plan predicts nothing",
         },
     )
 
 
 def check_dashboard_queries(
-    prometheus: Any, namespace: str, since: float, absent_because: dict[str, str] | None = None
+    prometheus: Any, namespace: str, since: float, absent_because: dict[tuple[str, str], str] | None = None
 ) -> None:
     """Every PromQL expression of the shipped dashboards returns series for this model's run,
-    except the panels in ``absent_because`` (title -> why), which must return none; with
+    except the queries in ``absent_because`` ((panel title, legend) -> why), which must return none; with
     DISAGG_E2E_DASHBOARD_DATA=FILE the range data goes to FILE (docs/dashboards/plot.py)."""
     absent_because = absent_because or {}
     from disagg import dashboards
@@ -440,8 +453,9 @@ def check_dashboard_queries(
                 for key, value in substitutions.items():
                     expr = expr.replace(key, value)
                 series = prometheus.query_range(expr, since, end, step=2.0)
-                if title in absent_because:
-                    assert not series, f"{board}/{title} has series though {absent_because[title]}: {expr}"
+                why = absent_because.get((title, query.legend))
+                if why:
+                    assert not series, f"{board}/{title}/{query.legend} has series though {why}: {expr}"
                 elif not series:
                     empty.append(f"{board}/{title}: {expr}")
                 data.setdefault(board, {}).setdefault(title, []).append(
