@@ -294,6 +294,23 @@ def serving(kubectl: Kubectl, body: dict[str, Any]) -> None:
     print(f"(after {IDLE_AFTER_SECONDS} s idle the model sleeps again; a request wakes it, as above)")
 
 
+def plugin_status(kubectl_path: str, kubeconfig: str) -> str:
+    """The model on one screen, through the real kubectl finding the installed ``kubectl-disagg``
+    plugin on PATH (the package's console script beside this interpreter)."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), str(Path(kubectl_path).parent), os.environ["PATH"]])
+    done = subprocess.run(
+        [kubectl_path, "disagg", "status", "llama-70b", "-n", NAMESPACE],
+        env={**os.environ, "PATH": path, "KUBECONFIG": kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"kubectl disagg status failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout.rstrip()
+
+
 def demo() -> None:
     env_facts = cluster_up(NAME)
     env = cluster_env(NAME)
@@ -326,9 +343,11 @@ def demo() -> None:
     body = wait_for("llama-70b to become Ready", ready, timeout=300)
     report(kubectl, body)
     serving(kubectl, body)
+    section("kubectl disagg status llama-70b -n demo")
+    print(plugin_status(env_facts.kubectl_path, env_facts.kubeconfig))
     section("Next")
     print(f"export KUBECONFIG={env_facts.kubeconfig} PATH={Path(env_facts.kubectl_path).parent}:$PATH")
-    print("kubectl get dm -A   # explore")
+    print("kubectl get dm -A -o wide; kubectl disagg status llama-70b -n demo   # explore")
     print(f"logs: {cluster_dir}/{{disagg-operator,runtime,metrics}}.log; containers': {cluster_dir}/runtime/pods")
     print("make cluster-down   # stop the operator, the pod runtime, Prometheus and the local cluster")
 
