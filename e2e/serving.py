@@ -149,7 +149,16 @@ def serve_floors(
             return [p["metadata"]["name"] for group in pods.values() for p in group]
         return None
 
-    names = wait_for("every floor pod running and Ready", up, timeout=timeout)
+    try:
+        names = wait_for("every floor pod running and Ready", up, timeout=timeout)
+    except AssertionError as exc:
+        ready = {role: len(ready_pods(kubectl, namespace, role, model)) for role in floors}
+        body = kubectl.get("disaggregatedmodel", model, namespace) or {}
+        conditions = [
+            (c["type"], c["status"], c["reason"], c.get("message", "")[:160])
+            for c in (body.get("status") or {}).get("conditions") or []
+        ]
+        raise AssertionError(f"{exc}; Ready pods {ready} of floors {floors}; model conditions {conditions}") from None
     metrics_stack.wait_scraped(namespace, names)
     for role, metric in ENGINE_METRICS.items():
         if role in floors:

@@ -154,11 +154,12 @@ class MemoryCluster:
 
     # -- helpers that play the controllers' part ---------------------------------------------
     def roll_out(self) -> None:
-        """Play the HPA (raise to minReplicas) and deployment controllers (all pods available)."""
+        """Play the HPA or KEDA (raise to the floor) and deployment controllers (all pods available)."""
+        floor_field = {"HorizontalPodAutoscaler": "minReplicas", "ScaledObject": "minReplicaCount"}
         floors = {
-            obj["spec"]["scaleTargetRef"]["name"]: obj["spec"]["minReplicas"]
+            obj["spec"]["scaleTargetRef"]["name"]: obj["spec"].get(floor_field[kind], 0)
             for (_, kind, _, _), obj in self.objects.items()
-            if kind == "HorizontalPodAutoscaler"
+            if kind in floor_field
         }
         for (_, kind, _, name), obj in self.objects.items():
             if kind == "Deployment":

@@ -178,9 +178,35 @@ def test_never_sleeps_before_the_whole_idle_window_has_passed() -> None:
     cluster.add_model(zero_model())
     run(cluster, metrics, "2026-11-28T00:00:00Z")  # awake since the creation stamp
     cluster.roll_out()
+    run(cluster, metrics, "2026-11-28T00:00:00Z")  # Ready in the same second
     assert run(cluster, metrics, "2026-11-28T00:15:00Z").scaled == []
     assert replicas(cluster, "llama-70b-prefill") == 5
     assert len(run(cluster, metrics, "2026-11-28T00:15:01Z").scaled) == 2
+
+
+def test_the_idle_clock_starts_when_the_model_is_ready() -> None:
+    """Engines loading weights for longer than idleAfter are not put to sleep before they served:
+    the window counts from Ready, and a model that is not Ready stays up and says why."""
+    cluster, metrics = MemoryCluster(), FakeMetrics()
+    cluster.add_model(zero_model())
+    run(cluster, metrics, "2026-11-28T00:00:00Z")  # created; no pod Ready yet
+    outcome = run(cluster, metrics, "2026-11-28T00:40:00Z")  # far past idleAfter (15m), still loading
+    assert outcome.scaled == []
+    assert outcome.zero is not None
+    assert outcome.zero.decision is not None
+    assert outcome.zero.decision.reason == "NotReady"
+    assert conditions(cluster)["Ready"]["status"] == "False"
+    assert conditions(cluster)["ScaledToZero"]["status"] == "False"
+
+    cluster.roll_out()
+    run(cluster, metrics, "2026-11-28T00:41:00Z")  # Ready now
+    assert conditions(cluster)["Ready"]["status"] == "True"
+    outcome = run(cluster, metrics, "2026-11-28T00:55:00Z")  # 14 min after Ready, 55 after creation
+    assert outcome.scaled == []
+    assert outcome.zero is not None
+    assert outcome.zero.decision is not None
+    assert outcome.zero.decision.reason == "Warm"
+    assert len(run(cluster, metrics, "2026-11-28T00:56:02Z").scaled) == 2
 
 
 def test_missing_metrics_never_scale_to_zero() -> None:
@@ -212,6 +238,8 @@ def test_fixed_roles_render_zero_and_keda_pauses() -> None:
     body["spec"]["decode"]["replicas"] = {"min": 1, "max": 1}
     cluster.add_model(body)
     run(cluster, metrics, "2026-11-28T01:00:00Z")
+    cluster.roll_out()
+    run(cluster, metrics, "2026-11-28T01:00:30Z")  # Ready
     run(cluster, metrics, "2026-11-28T02:00:00Z")
     assert conditions(cluster)["ScaledToZero"]["status"] == "True"
     run(cluster, metrics, "2026-11-28T02:01:00Z")  # the pass after the decision renders the zero state
@@ -261,6 +289,7 @@ def test_a_lost_status_does_not_wake_a_sleeping_model() -> None:
     cluster.add_model(zero_model())
     run(cluster, metrics, "2026-11-28T00:01:00Z")
     cluster.roll_out()
+    run(cluster, metrics, "2026-11-28T00:02:00Z")  # Ready
     run(cluster, metrics, "2026-11-28T00:20:00Z")
     assert replicas(cluster, "llama-70b-prefill") == 0
     cluster.models[("default", "llama-70b")]["status"] = {}

@@ -369,8 +369,8 @@ def _zero_state(
 ) -> ZeroState:
     """Asleep or awake, and what to do next. Where the model is comes from its children when they
     say (``observed``: every engine Deployment at 0, or its KEDA scaler paused at 0), so a lost
-    status does not make the operator forget; the ScaledToZero condition is the fallback and the
-    start of the idle clock."""
+    status does not make the operator forget; the ScaledToZero condition is the fallback. The idle
+    clock starts at the later of the last flip of ScaledToZero (or creation) and of Ready to True."""
     if not spec.scale_to_zero.enabled:
         return ZeroState(enabled=False)
     marker = condition(previous.conditions, ConditionType.SCALED_TO_ZERO.value)
@@ -382,12 +382,17 @@ def _zero_state(
         decision = Decision(Action.STAY, False, "NoPrometheus", f"scale-to-zero needs metrics: {why}")
         return ZeroState(enabled=True, at_zero=at_zero, decision=decision, queries=model_queries, url=url)
     since = _parse_time(marker.last_transition_time if marker is not None else meta.get("creationTimestamp"))
+    ready = condition(previous.conditions, ConditionType.READY.value)
+    # Ready with reason ScaledToZero is the sleeping model's: after a wake it means nothing is up yet
+    ready_now = ready is not None and ready.status == "True" and ready.reason != "ScaledToZero"
+    if ready_now and ready is not None and (became_ready := _parse_time(ready.last_transition_time)) is not None:
+        since = became_ready if since is None else max(since, became_ready)
     current = _parse_time(now)
     # Kubernetes timestamps carry whole seconds: the model may have woken up to 1 s after `since`,
     # so count from the latest moment it could have been and never sleep before the window is over.
     awake_for = (current - since - 1.0) if (since is not None and current is not None) else 0.0
     signals = metrics(url).signals(model_queries, at_zero=at_zero)
-    decision = decide(spec, at_zero=at_zero, signals=signals, awake_for_seconds=awake_for)
+    decision = decide(spec, at_zero=at_zero, signals=signals, awake_for_seconds=awake_for, ready=ready_now)
     if decision.action == Action.SLEEP:
         at_zero = True
     elif decision.action == Action.WAKE:

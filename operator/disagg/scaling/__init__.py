@@ -147,8 +147,14 @@ def decide(
     at_zero: bool,
     signals: Signals,
     awake_for_seconds: float,
+    ready: bool = True,
 ) -> Decision:
-    """Sleep only on positive evidence of idleness for the whole window; wake on any demand."""
+    """Sleep only on positive evidence of idleness for the whole window; wake on any demand.
+
+    ``awake_for_seconds`` counts from when the model last became Ready, and a model that is not
+    Ready does not sleep: the idle window is time the model could have served and was not asked
+    to, so engines still loading weights (minutes for a large model) are never put back to sleep
+    before they served once."""
     idle_after = duration_seconds(spec.scale_to_zero.idle_after)
     if at_zero:
         if signals.demand is None:
@@ -161,6 +167,10 @@ def decide(
         missing = "router demand" if signals.demand_window is None else "engine load"
         why = signals.error or f"no {missing} data"
         return Decision(Action.STAY, False, "NoData", f"not scaling to zero without data: {why}")
+    if not ready:
+        return Decision(
+            Action.STAY, True, "NotReady", "the idle clock starts once every role holds its floor (condition Ready)"
+        )
     if awake_for_seconds < idle_after:
         return Decision(
             Action.STAY, True, "Warm", f"awake for {max(awake_for_seconds, 0):.0f}s, idle window is {idle_after:.0f}s"
