@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -707,6 +708,55 @@ def test_every_query_the_operator_builds_parses_in_the_real_prometheus(
     texts += [*vars(workload_queries(spec, namespace="ns", name="m", window=idle_after)).values()]
     for text in texts:
         metrics_stack.prometheus.query(str(text))  # raises on a parse error
+
+
+def test_demand_queries_read_what_the_router_did_in_prometheus_own_engine(tmp_path: Path) -> None:
+    """The wake and idle queries evaluated by Prometheus's own engine (``promtool test rules``) on
+    router series as the llm-d router exports them. The case that matters: a router pod whose
+    request counter is born by its first request (at 1). ``increase`` alone reads that as 0, so
+    a request routed at zero left the model asleep; the operator's queries count it."""
+    from disagg.api.spec import DisaggregatedModelSpec
+    from disagg.scaling import queries
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing (e2e/ensure-prometheus.sh installs Debian's prometheus, which has it)"
+    spec = DisaggregatedModelSpec.model_validate(
+        {"model": {"name": SERVED_MODEL}, "scaleToZero": {"enabled": True, "idleAfter": "30s"}}
+    )
+    built = queries(spec, namespace="ns", name="m")
+    pod = 'namespace="ns",pod="m-router-abc"'
+    # 15 s samples: the router exports its info series from start; the counter appears with the
+    # first request at 2m (value 1), a second request at 4m; nothing after
+    series = [
+        {"series": f"llm_d_epp_info{{{pod}}}", "values": "1x40"},
+        {"series": f"llm_d_epp_request_total{{{pod}}}", "values": "_x8 1x8 2x24"},
+    ]
+    cases = {
+        # (minute of evaluation, query): whether it reads demand
+        ("1m", "demand"): False,  # no request yet: 0 through the info series
+        ("2m15s", "demand"): True,  # the first request: the counter was born within the window
+        ("2m15s", "demand_window"): True,
+        ("3m", "demand"): False,  # nothing for longer than idleAfter
+        ("3m", "demand_window"): False,
+        ("4m15s", "demand"): True,  # a later request: plain increase
+        ("5m", "demand_window"): False,
+    }
+    tests = [
+        {
+            "eval_time": at,
+            "expr": f"({getattr(built, which)}) > bool 0",
+            "exp_samples": [{"labels": "{}", "value": 1 if expected else 0}],
+        }
+        for (at, which), expected in cases.items()
+    ]
+    # and the reason: increase() alone misses the first request
+    naive = f"sum(increase(llm_d_epp_request_total{{{pod}}}[30s])) > bool 0"
+    tests.append({"eval_time": "2m15s", "expr": naive, "exp_samples": [{"labels": "{}", "value": 0}]})
+    document = {"tests": [{"interval": "15s", "input_series": series, "promql_expr_test": tests}]}
+    path = tmp_path / "demand.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    done = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # -- 7. KEDA with its own operator and metrics server -------------------------------------------------

@@ -178,6 +178,19 @@ def test_an_hpa_that_cannot_compute_shows_why_and_no_wanted_count() -> None:
     )
 
 
+def test_only_hpa_conditions_that_need_saying_are_shown() -> None:
+    """ScalingLimited=False is the healthy state (shown by make demo before this test); True is not."""
+    healthy = hpa(1, 3, PREFILL_METRIC, None)
+    healthy["status"]["conditions"] = [
+        cond("AbleToScale", "True", "ReadyForNewScale", ""),
+        cond("ScalingActive", "True", "ValidMetricFound", ""),
+        cond("ScalingLimited", "False", "DesiredWithinRange", "the desired count is within the acceptable range"),
+    ]
+    assert scaler_view(healthy, None).notes == ()
+    healthy["status"]["conditions"][2] = cond("ScalingLimited", "True", "TooManyReplicas", "capped at 3")
+    assert scaler_view(healthy, None).notes == ("HPA ScalingLimited=True (TooManyReplicas): capped at 3",)
+
+
 def test_a_keda_role_shows_its_trigger_its_hpa_value_and_the_pause() -> None:
     scaled = {
         "apiVersion": "keda.sh/v1alpha1",

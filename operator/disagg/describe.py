@@ -227,6 +227,10 @@ class ScalerView:
     notes: tuple[str, ...] = ()
 
 
+HPA_HEALTHY = {"AbleToScale": "True", "ScalingActive": "True", "ScalingLimited": "False"}
+"""Each HPA condition's status when nothing needs saying; any other is shown."""
+
+
 def scaler_view(hpa: Mapping[str, Any] | None, scaled: Mapping[str, Any] | None) -> ScalerView:
     """What scales one role and where it stands (``fixed``: no autoscaler, the plan's replicas)."""
     notes: list[str] = []
@@ -235,8 +239,10 @@ def scaler_view(hpa: Mapping[str, Any] | None, scaled: Mapping[str, Any] | None)
     active = (_condition(hpa, "ScalingActive") or {}).get("status") == "True"
     wants = _quantity(_get(hpa, "status", "desiredReplicas")) if active else NONE
     for cond in _conditions(hpa):
-        if cond.get("status") == "False":
-            notes.append(f"HPA {cond.get('type')}=False ({cond.get('reason')}): {cond.get('message') or ''}".strip())
+        ctype, status = str(cond.get("type")), cond.get("status")
+        healthy = HPA_HEALTHY.get(ctype)
+        if (status != healthy) if healthy is not None else (status == "False"):
+            notes.append(f"HPA {ctype}={status} ({cond.get('reason')}): {cond.get('message') or ''}".strip())
     if scaled is not None:
         annotations = _get(scaled, "metadata", "annotations") or {}
         paused = annotations.get(KEDA_PAUSED_REPLICAS)

@@ -19,6 +19,10 @@ DECODE_VLLM_PORT = 8200
 SIDECAR_PORT = 8000
 NIXL_PORT = 5600
 ENGINE_CONTAINER = "vllm"
+ENGINE_DRAIN_SECONDS = 5
+"""How long a deleted engine keeps serving before vLLM gets SIGTERM (a preStop sleep): the router
+drops a terminating pod from its pool within this, so a request that arrives during a scale-down
+(or just as the model goes to sleep) is held or sent elsewhere instead of meeting a stopped engine."""
 SIDECAR_CONTAINER = "routing-sidecar"
 
 
@@ -154,6 +158,7 @@ def engine_container(
         },
         "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 10, "failureThreshold": 6},
+        "lifecycle": {"preStop": {"sleep": {"seconds": ENGINE_DRAIN_SECONDS}}},
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],  # noqa: S108 - shared memory for TP workers
         "securityContext": container_security(spec, role, disaggregated=disaggregated),
     }

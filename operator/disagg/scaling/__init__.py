@@ -81,10 +81,19 @@ def router_demand_query(router_selector: str, window: str) -> str:
     router Prometheus cannot see reads as no data, which never counts as idle.
     """
     seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
-    return (
-        f"(sum(increase({ROUTER_REQUESTS}{{{router_selector}}}[{window}])) or {seen})"
-        f" + (sum({ROUTER_HELD}{{{router_selector}}}) or {seen})"
-    )
+    return f"{_requests_within(router_selector, window)} + (sum({ROUTER_HELD}{{{router_selector}}}) or {seen})"
+
+
+def _requests_within(router_selector: str, window: str) -> str:
+    """Requests the router scheduled within ``window``. ``increase`` alone misses the first
+    request a router pod ever schedules: its counter series is born at 1 and ``increase`` has
+    nothing to compare it with. So a series that did not exist ``window`` ago counts its whole
+    value. (Found by the demo: a request routed to a decode pod that was shutting down was the
+    freshly rolled router's first, read as no demand, and the model never woke.)"""
+    requests = f"{ROUTER_REQUESTS}{{{router_selector}}}"
+    seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+    fresh = f"sum({requests} unless {requests} offset {window})"
+    return f"((sum(increase({requests}[{window}])) + ({fresh} or {seen})) or {seen})"
 
 
 def router_demand_window_query(router_selector: str, window: str) -> str:
@@ -97,7 +106,7 @@ def router_demand_window_query(router_selector: str, window: str) -> str:
     seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
     step = _step(window)
     return (
-        f"(sum(increase({ROUTER_REQUESTS}{{{router_selector}}}[{window}])) or {seen})"
+        f"{_requests_within(router_selector, window)}"
         f" + (max_over_time((sum({ROUTER_HELD}{{{router_selector}}}) or {seen})[{window}:{step}]))"
     )
 
