@@ -84,6 +84,25 @@ def test_decide(at_zero: bool, sig: Signals, awake: float, action: Action, avail
     assert decision.metrics_available == available
 
 
+def test_decisions_that_change_with_time_alone_say_when_to_look_again() -> None:
+    """idleAfter is 10m here: warm for 30 s means the window ends in 570 s (+1 for whole-second
+    stamps); a busy model is looked at once per subquery step; the rest wait for events."""
+    warm = decide(spec(), at_zero=False, signals=signals(), awake_for_seconds=30)
+    assert (warm.reason, warm.recheck_seconds) == ("Warm", 571.0)
+    busy = decide(spec(), at_zero=False, signals=signals(busy=1), awake_for_seconds=601)
+    assert (busy.reason, busy.recheck_seconds) == ("Active", 15.0)
+    assert (
+        decide(spec(idleAfter="8s"), at_zero=False, signals=signals(busy=1), awake_for_seconds=60).recheck_seconds
+        == 5.0
+    )
+    for decision in (
+        decide(spec(), at_zero=False, signals=signals(), awake_for_seconds=601),  # sleeps now
+        decide(spec(), at_zero=False, signals=signals(), awake_for_seconds=601, ready=False),
+        decide(spec(), at_zero=True, signals=signals(demand=0.0), awake_for_seconds=0),  # wake polls
+    ):
+        assert decision.recheck_seconds is None, decision
+
+
 class FakeMetrics:
     """A metrics source whose answers the test sets (the decision inputs), recording the queries."""
 

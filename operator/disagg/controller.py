@@ -281,6 +281,8 @@ class Controller:
                 self._sleeping[key] = (zero.url, zero.queries.demand)
             else:
                 self._sleeping.pop(key, None)
+        if zero is not None and zero.decision is not None and zero.decision.recheck_seconds is not None:
+            self.trigger(key, delay=zero.decision.recheck_seconds)
         self.telemetry.observe_outcome(namespace, name, outcome)
         if self._on_outcome is not None:
             self._on_outcome(key, outcome)

@@ -16,6 +16,8 @@ from disagg.api.spec import DisaggregatedModelSpec
 from disagg.api.types import duration_seconds
 
 MAX_SUBQUERY_STEP = 15.0
+MIN_RECHECK_SECONDS = 5.0
+"""A busy model with a tiny idle window is looked at no more often than this."""
 
 
 def promql_duration(seconds: float) -> str:
@@ -148,6 +150,10 @@ class Decision:
     metrics_available: bool
     reason: str
     message: str
+    recheck_seconds: float | None = None
+    """When the answer may change without any event to say so (the idle window running out):
+    the controller looks again then instead of at the next resync, which made a model with
+    ``idleAfter: 30s`` sleep up to a minute late."""
 
 
 def decide(
@@ -182,10 +188,18 @@ def decide(
         )
     if awake_for_seconds < idle_after:
         return Decision(
-            Action.STAY, True, "Warm", f"awake for {max(awake_for_seconds, 0):.0f}s, idle window is {idle_after:.0f}s"
+            Action.STAY,
+            True,
+            "Warm",
+            f"awake for {max(awake_for_seconds, 0):.0f}s, idle window is {idle_after:.0f}s",
+            recheck_seconds=idle_after - max(awake_for_seconds, 0.0) + 1.0,
         )
     if signals.demand_window > 0 or signals.busy_window > 0:
-        return Decision(Action.STAY, True, "Active", "demand or in-flight work within the idle window")
+        # the last request leaves the window at some moment no event marks: look once per step
+        step = max(min(MAX_SUBQUERY_STEP, idle_after / 4), MIN_RECHECK_SECONDS)
+        return Decision(
+            Action.STAY, True, "Active", "demand or in-flight work within the idle window", recheck_seconds=step
+        )
     return Decision(
         Action.SLEEP,
         True,
