@@ -105,6 +105,27 @@ def test_plan_text_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["mode"] in ("aggregated", "disaggregated")
 
 
+def test_plan_fixes_attention_dp_and_expert_parallelism(capsys: pytest.CaptureFixture[str]) -> None:
+    """``disagg plan`` takes the layouts the spec can fix (parallelism.data / .expert) on the command line."""
+    common = ["plan", "--model", "qwen3-235b-a22b", "--gpu", "h200", "--weights", "fp8", "--rate", "5"]
+    common += ["--ttft", "2s", "--itl", "50ms", "--mode", "disaggregated", "--json"]
+    data = json.loads(run([*common, "--prefill-dp", "4", "--decode-dp", "8"], capsys))
+    chosen = data["chosen"]
+    assert (chosen["prefill_dp"], chosen["decode_dp"]) == (4, 8)
+    assert chosen["prefill_ep"] == chosen["prefill_tp"] * 4
+    assert chosen["decode_ep"] == chosen["decode_tp"] * 8
+    narrow = json.loads(run([*common, "--no-prefill-expert", "--no-decode-expert"], capsys))["chosen"]
+    assert (narrow["prefill_ep"], narrow["decode_ep"]) == (1, 1)
+
+
+def test_plan_refuses_attention_dp_for_a_dense_model() -> None:
+    parser = argparse.ArgumentParser(prog="disagg")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["plan", "--model", "llama-3.1-70b", "--prefill-dp", "2"])
+    with pytest.raises(ValueError, match="needs an MoE model"):
+        args.func(args)
+
+
 def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(
         run(

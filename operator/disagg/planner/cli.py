@@ -92,6 +92,18 @@ def _open_loop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="auto", choices=("auto", "aggregated", "disaggregated"))
     p.add_argument("--prefill-tp", type=int, help="fix the prefill (or aggregated) tensor parallelism")
     p.add_argument("--decode-tp", type=int, help="fix the decode tensor parallelism")
+    p.add_argument(
+        "--prefill-dp",
+        type=_positive_int,
+        help="fix the prefill (or aggregated) attention data parallelism (MoE; EP = TP x DP). Default: searched",
+    )
+    p.add_argument("--decode-dp", type=_positive_int, help="fix the decode attention data parallelism (MoE)")
+    p.add_argument(
+        "--prefill-expert",
+        action=argparse.BooleanOptionalAction,
+        help="require (or, with --no-prefill-expert, forbid) expert parallelism for prefill (MoE). Default: searched",
+    )
+    p.add_argument("--decode-expert", action=argparse.BooleanOptionalAction, help="the same for decode")
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -219,6 +231,10 @@ def _plan(args: argparse.Namespace, crossover: bool = True, mode: Mode | None = 
         prefill_tp=args.prefill_tp,
         decode_tp=args.decode_tp,
         crossover=crossover,
+        prefill_dp=args.prefill_dp,
+        decode_dp=args.decode_dp,
+        prefill_expert=args.prefill_expert,
+        decode_expert=args.decode_expert,
     )
 
 
