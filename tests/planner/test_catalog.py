@@ -9,6 +9,7 @@ import pytest
 from disagg.planner.catalog import (
     GPUS,
     PlanningError,
+    checkpoint_weight_dtype,
     get_backend,
     get_gpu,
     get_model,
@@ -120,6 +121,54 @@ def test_gpt_oss_sliding_window_and_moe() -> None:
     # Beyond the window, sliding layers stop growing: per-token KV falls with context.
     assert m.kv_bytes_per_token("bf16", 8192) < m.kv_bytes_per_token("bf16", 128)
     assert m.attention_context(8192) == pytest.approx((18 * 8192 + 18 * 128) / 36)
+
+
+def _ct_group(bits: int, kind: str = "float") -> dict[str, object]:
+    """A compressed-tensors config group as llm-compressor writes it."""
+    return {
+        "targets": ["Linear"],
+        "weights": {"num_bits": bits, "type": kind, "strategy": "channel", "symmetric": True, "dynamic": False},
+        "input_activations": {"num_bits": bits, "type": kind, "strategy": "token", "dynamic": True},
+        "format": "float-quantized" if kind == "float" else "int-quantized",
+    }
+
+
+@pytest.mark.parametrize(
+    ("quant", "weights"),
+    [
+        ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8"),  # DeepSeek / Qwen FP8
+        ({"quant_method": "modelopt", "quant_algo": "FP8"}, "fp8"),
+        ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "fp4"),
+        ({"quant_method": "mxfp4"}, "fp4"),  # gpt-oss
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "format": "float-quantized",
+                "config_groups": {"group_0": _ct_group(8)},
+            },
+            "fp8",
+        ),
+        ({"quant_method": "compressed-tensors", "config_groups": {"group_0": _ct_group(4)}}, "fp4"),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "format": "mixed-precision",
+                "config_groups": {"group_0": _ct_group(4), "group_1": _ct_group(8)},
+            },
+            "fp8",
+        ),
+        (
+            {"quant_method": "compressed-tensors", "config_groups": {"group_0": _ct_group(8, "int")}},
+            "bf16",
+        ),  # W8A8 int8
+        ({"quant_method": "gptq", "bits": 4}, "bf16"),
+        ({}, "bf16"),
+    ],
+)
+def test_checkpoint_weight_precision(quant: dict[str, object], weights: str) -> None:
+    assert checkpoint_weight_dtype(quant) == weights
+    config = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "quantization_config": quant}
+    assert model_from_config(config).native_dtype == weights
 
 
 def test_mla_latent_kv() -> None:

@@ -465,6 +465,29 @@ def checkpoint_kv_dtype(quant: dict[str, Any]) -> str | None:
     return None
 
 
+def checkpoint_weight_dtype(quant: dict[str, Any]) -> str:
+    """The weight precision a checkpoint's ``quantization_config`` declares: ``quant_method``/``quant_algo``
+    naming fp8 or fp4 (``fp8``, ModelOpt's ``FP8``/``NVFP4``), or compressed-tensors' ``config_groups``
+    whose weights are 8- or 4-bit floats (llm-compressor's FP8 and NVFP4 checkpoints, which vLLM loads
+    with FP8/FP4 GEMMs; mixed fp8/fp4 groups count as fp8). Integer schemes (W8A8-int8, W4A16) and
+    anything unknown count as 16-bit: the planner then over-sizes memory rather than under-sizing it."""
+    method = " ".join(str(quant.get(k, "")) for k in ("quant_method", "quant_algo")).lower()
+    if "fp4" in method:
+        return "fp4"
+    if "fp8" in method:
+        return "fp8"
+    groups = quant.get("config_groups")
+    if "compressed-tensors" in method and isinstance(groups, dict):
+        schemes: list[dict[str, Any]] = [
+            g["weights"] for g in groups.values() if isinstance(g, dict) and isinstance(g.get("weights"), dict)
+        ]
+        if schemes and all(w.get("type") == "float" for w in schemes):
+            # mixed precision (fp8 attention, NVFP4 experts) counts at its widest: never under-size memory
+            widest = max(int(w.get("num_bits") or 16) for w in schemes)
+            return {8: "fp8", 4: "fp4"}.get(widest, "bf16")
+    return "bf16"
+
+
 def _get(cfg: dict[str, Any], *keys: str, default: Any = None) -> Any:
     for key in keys:
         if cfg.get(key) is not None:
@@ -499,8 +522,7 @@ def model_from_config(cfg: dict[str, Any], name: str = "custom") -> ModelShape:
     if not window:
         sliding_layers = 0
     quant = cfg.get("quantization_config") or {}
-    method = " ".join(str(quant.get(k, "")) for k in ("quant_method", "quant_algo")).lower()
-    native = "fp4" if "fp4" in method else "fp8" if "fp8" in method else "bf16"
+    native = checkpoint_weight_dtype(quant)
     return ModelShape(
         name=name,
         layers=layers,
