@@ -630,6 +630,8 @@ def reconcile(
         spec, previous, meta, settings, metrics, now(), observed=observed_at_zero(model, resolution.plan, live)
     )
     outcome.zero = zero
+    if zero.decision is not None and zero.decision.action in (Action.SLEEP, Action.WAKE):
+        log.info("%s/%s: %s", model.namespace, model.name, zero.decision.message)
     placement = _placement(
         spec, plan, previous, cluster, settings, model, claims, at_zero=zero.at_zero, outcome=outcome
     )

@@ -191,3 +191,22 @@ def test_plans_state_their_cross_validated_error_and_coverage() -> None:
     both = error_band(get_model("deepseek-v3"), get_gpu("b300"))
     assert len(both.unmeasured) == 2
     assert both.ttft >= ds.ttft
+
+
+def test_a_floor_above_the_planned_count_is_explained_in_the_reason() -> None:
+    """The rack-packed sample's decode floor is 2 while the planner needs 1: the ratio in status
+    (what runs) and the reason (the planner's own count) must not read as a contradiction."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    body = yaml.safe_load((ROOT / "manifests" / "samples" / "qwen3-32b-rack-packed.yaml").read_text())
+    spec = DisaggregatedModelSpec.model_validate(body["spec"])
+    result = plan_for_spec(spec)
+    assert result.decode is not None
+    assert result.decode.replicas == 2
+    assert "replicas.min raises the planned count (decode 1 -> 2)" in result.reason
+    unraised = DisaggregatedModelSpec.model_validate(
+        {**body["spec"], "decode": {**body["spec"]["decode"], "replicas": {"min": 1, "max": 4}}}
+    )
+    assert "replicas.min raises" not in plan_for_spec(unraised).reason

@@ -179,6 +179,14 @@ def _to_plan(spec: DisaggregatedModelSpec, shape: ModelShape, settings: EngineSe
     if not isinstance(threshold, int):
         threshold = result.crossover_isl if result.crossover_isl is not None else PLACEHOLDER_DISAGG_THRESHOLD
     reason = result.reason
+    raised = [
+        f"{name} {planned} -> {role.replicas}"
+        for name, planned, role in (("prefill", c.prefill_replicas, prefill), ("decode", c.decode_replicas, decode))
+        if role is not None and role.replicas > planned
+    ]
+    if raised:
+        # the ratio in status is what runs; say why it differs from the planner's own count above
+        reason += f" replicas.min raises the planned count ({', '.join(raised)})."
     slo_met = c.meets_slo
     if capped_p or capped_d:
         slo_met = False
