@@ -116,10 +116,15 @@ def wait_replicas(kubectl: Kubectl, namespace: str, role: str, check: Any, what:
     try:
         return int(wait_for(f"{role} {what}", lambda: (probe(),) if probe() is not None else None, timeout=timeout)[0])
     except AssertionError as exc:
-        hpa = kubectl.get("hpa", f"{MODEL}-{role}", namespace) or {}
+        # the operator's own HPA, or KEDA's for its ScaledObject
+        name = next(
+            (n for n in (f"{MODEL}-{role}", f"keda-hpa-{MODEL}-{role}") if kubectl.get("hpa", n, namespace)),
+            f"{MODEL}-{role}",
+        )
+        hpa = kubectl.get("hpa", name, namespace) or {}
         status = hpa.get("status") or {}
         raise AssertionError(
-            f"{exc}; HPA {MODEL}-{role}: current {status.get('currentMetrics')}, "
+            f"{exc}; HPA {name}: current {status.get('currentMetrics')}, "
             f"conditions {[(c['type'], c['reason'], c.get('message')) for c in status.get('conditions') or []]}"
         ) from None
 

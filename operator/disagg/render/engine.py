@@ -19,6 +19,9 @@ DECODE_VLLM_PORT = 8200
 SIDECAR_PORT = 8000
 NIXL_PORT = 5600
 ENGINE_CONTAINER = "vllm"
+STARTUP_PROBE_SECONDS = 2
+STARTUP_LIMIT_SECONDS = 1800
+"""vLLM has this long to load its weights and answer /health before the kubelet restarts it."""
 ENGINE_DRAIN_SECONDS = 5
 """How long a deleted engine keeps serving before vLLM gets SIGTERM (a preStop sleep): the router
 drops a terminating pod from its pool within this, so a request that arrives during a scale-down
@@ -151,10 +154,12 @@ def engine_container(
         "args": engine_args(spec, role, port=port, plan_role=plan_role, engine=engine, disaggregated=disaggregated),
         "ports": ports,
         "resources": _resources(role, spec.accelerator.resource_name, plan_role.gpus_per_pod),
+        # probed every 2 s for up to 30 min of weight loading: a pod woken from zero is Ready (and
+        # routed to) within 2 s of vLLM answering, not up to 10 s later
         "startupProbe": {
             "httpGet": {"path": "/health", "port": port},
-            "periodSeconds": 10,
-            "failureThreshold": 180,
+            "periodSeconds": STARTUP_PROBE_SECONDS,
+            "failureThreshold": STARTUP_LIMIT_SECONDS // STARTUP_PROBE_SECONDS,
         },
         "readinessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 10, "failureThreshold": 6},
