@@ -44,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         "--residuals", action="store_true", help="median predicted/measured TTFT by source, backend, concurrency"
     )
     parser.add_argument(
+        "--implausible",
+        type=float,
+        nargs="?",
+        const=0.7,
+        default=None,
+        metavar="SHARE",
+        help="count rows per group whose measured throughput needs the prompts' weight GEMMs alone to run at more "
+        "than SHARE (default 0.7) of the GPUs' dense peak: only prefix-cache hits make that possible",
+    )
+    parser.add_argument(
         "--write-bands",
         action="store_true",
         help=f"write the cross-validated error bands `disagg plan` reports to {BANDS.relative_to(ROOT)}",
@@ -81,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.residuals:
         print_residuals(rows, comparisons)
+    if args.implausible:
+        print_implausible(rows, args.implausible)
 
     if args.fit:
         fitted = fit(rows)
@@ -171,6 +183,45 @@ def print_residuals(rows: list[dict[str, str]], comparisons: list[Comparison]) -
     order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], CONCURRENCY_BANDS.index(kv[0][2])))
     for (source, backend, band), ratios in order:
         print(f"{source[:27]:<28}{backend:<8}{band:<9}{len(ratios):>5}{statistics.median(ratios):>16.2f}")
+
+
+def implied_prefill_share(row: dict[str, str]) -> float | None:
+    """The share of the GPUs' dense peak that the row's prompt tokens need for their weight GEMMs
+    alone (2 x active parameters per token; attention and decode come on top), at the throughput the
+    row measured (Little's law over the closed loop: C / (TTFT + OSL x TPOT)). None: not replayable."""
+    from disagg.planner.catalog import PlanningError
+    from disagg.planner.measured import engine_for_row
+
+    try:
+        engine, clients, isl, osl = engine_for_row(row)
+        ttft, tpot = float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3
+    except (PlanningError, ValueError, KeyError):
+        return None
+    if ttft <= 0 or tpot <= 0:
+        return None
+    rate = clients / (ttft + osl * tpot)
+    flops = rate * isl * 2.0 * engine.model.active_params
+    peak = engine.gpus * engine.gpu.tflops[engine.gpu.compute_dtype(engine.weights)] * 1e12
+    return flops / peak
+
+
+def print_implausible(rows: list[dict[str, str]], share: float) -> None:
+    """Rows no cost model without a prefix cache can match (the data does not say whether one was hit)."""
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        value = implied_prefill_share(row)
+        if value is None:
+            continue
+        key = (row.get("model_path", "").rsplit("/", 1)[-1], row.get("system", ""), row.get("backend", ""))
+        groups[key][1] += 1
+        groups[key][0] += value > share
+    print()
+    print(f"rows whose prompts alone need > {share:.0%} of dense peak (prefix-cache hits, or a harness artefact):")
+    print(f"{'model':<36}{'gpu':<11}{'backend':<8}{'rows':>6}{'implausible':>13}")
+    for (model, gpu, backend), (bad, total) in sorted(groups.items()):
+        if bad:
+            print(f"{model[:35]:<36}{gpu:<11}{backend:<8}{total:>6}{bad:>13}")
+    print(f"in all: {sum(b for b, _ in groups.values())} of {sum(t for _, t in groups.values())} rows")
 
 
 if __name__ == "__main__":
