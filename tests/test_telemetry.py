@@ -150,3 +150,27 @@ def test_placement_results_and_serving_over_http() -> None:
         server.shutdown()
         server.server_close()
     assert 'disagg_placement_decisions_total{result="failed"} 1.0' in text
+
+
+def test_counters_exist_at_zero_before_their_first_event() -> None:
+    """A counter series born at 1 reads as no increase (Prometheus has no earlier sample): every
+    known label value starts at 0, the transitions as soon as a model has scale-to-zero on."""
+    telemetry = Telemetry(CollectorRegistry())
+    sample = telemetry.registry.get_sample_value
+    for result in ("placed", "reused", "failed"):
+        assert sample("disagg_placement_decisions_total", {"result": result}) == 0.0
+    for result in ("success", "error", "conflict", "gone"):
+        assert sample("disagg_reconcile_duration_seconds_count", {"result": result}) == 0.0
+    telemetry.observe_outcome("ns", "m", Outcome(zero=ZeroState(enabled=True, at_zero=False)))
+    for direction in ("sleep", "wake"):
+        labels = {"namespace": "ns", "model": "m", "direction": direction}
+        assert sample("disagg_scale_to_zero_transitions_total", labels) == 0.0
+    telemetry.observe_outcome("ns", "quiet", Outcome())  # scale-to-zero off: no transition series
+    assert (
+        sample("disagg_scale_to_zero_transitions_total", {"namespace": "ns", "model": "quiet", "direction": "sleep"})
+        is None
+    )
+    telemetry.forget_model("ns", "m")
+    assert (
+        sample("disagg_scale_to_zero_transitions_total", {"namespace": "ns", "model": "m", "direction": "wake"}) is None
+    )

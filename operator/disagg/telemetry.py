@@ -49,6 +49,11 @@ class _PlanCache(Collector):
         yield family
 
 
+PASS_RESULTS = ("success", "error", "conflict", "gone")
+"""What a reconcile pass can end in (the controller's results)."""
+PLACEMENT_RESULTS = ("placed", "reused", "failed")
+
+
 class Telemetry:
     """Every metric of one operator process, in one registry (tests make their own)."""
 
@@ -128,6 +133,13 @@ class Telemetry:
             "disagg_model_ready", "1 while the model's Ready condition is True", MODEL_LABELS, registry=r
         )
         r.register(_PlanCache(plan_cache_info))
+        # Every known label value exported from the start at 0: a counter series born at 1 has no
+        # earlier sample, so increase() and rate() read its first event as nothing (the dashboard's
+        # placement panel stayed empty after a model's single placement).
+        for result in PASS_RESULTS:
+            self.reconcile_seconds.labels(result)
+        for result in PLACEMENT_RESULTS:
+            self.placements.labels(result)
 
     # -- from the controller ------------------------------------------------------------------
     def bind_queue(self, depth: Callable[[], int], busy: Callable[[], int]) -> None:
@@ -146,6 +158,9 @@ class Telemetry:
         key = (namespace, name)
         if outcome.placement is not None:
             self.placements.labels("failed" if outcome.placement_failed else outcome.placement).inc()
+        if outcome.zero is not None and outcome.zero.enabled:
+            for direction in (Action.SLEEP, Action.WAKE):  # at 0 before the first transition (see __init__)
+                self._own(key, self.transitions, (namespace, name, str(direction)))
         decision = outcome.zero.decision if outcome.zero is not None else None
         now = self._clock()
         if decision is not None and decision.action in (Action.SLEEP, Action.WAKE):
