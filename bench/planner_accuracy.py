@@ -27,7 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
 from disagg.planner.calibrate import cross_validate, error_bands, fit  # noqa: E402
-from disagg.planner.measured import Comparison, accuracy, accuracy_by_group, compare_rows, read_rows  # noqa: E402
+from disagg.planner.catalog import PlanningError  # noqa: E402
+from disagg.planner.measured import (  # noqa: E402
+    Comparison,
+    accuracy,
+    accuracy_by_group,
+    compare_rows,
+    engine_for_row,
+    read_rows,
+)
 from disagg.planner.search import Workload, plan  # noqa: E402
 
 DEFAULT_CSV = ROOT / "data" / "serving-measurements" / "measured-dev.csv"
@@ -189,9 +197,6 @@ def implied_prefill_share(row: dict[str, str]) -> float | None:
     """The share of the GPUs' dense peak that the row's prompt tokens need for their weight GEMMs
     alone (2 x active parameters per token; attention and decode come on top), at the throughput the
     row measured (Little's law over the closed loop: C / (TTFT + OSL x TPOT)). None: not replayable."""
-    from disagg.planner.catalog import PlanningError
-    from disagg.planner.measured import engine_for_row
-
     try:
         engine, clients, isl, osl = engine_for_row(row)
         ttft, tpot = float(row["silicon_ttft_ms"]) / 1e3, float(row["silicon_tpot_ms"]) / 1e3

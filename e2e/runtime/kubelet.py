@@ -648,9 +648,6 @@ class PodWorker:
                 await asyncio.sleep(min(float(pre_stop["sleep"]["seconds"]), grace))
             else:
                 self.log.error("FailedPreStopHook: %s: %s not run by this runtime", container.name, sorted(pre_stop))
-            if process.returncode is not None:
-                await self.watch_exit(container)
-                return
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:

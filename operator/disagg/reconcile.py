@@ -385,7 +385,8 @@ def _zero_state(
     ready = condition(previous.conditions, ConditionType.READY.value)
     # Ready with reason ScaledToZero is the sleeping model's: after a wake it means nothing is up yet
     ready_now = ready is not None and ready.status == "True" and ready.reason != "ScaledToZero"
-    if ready_now and ready is not None and (became_ready := _parse_time(ready.last_transition_time)) is not None:
+    became_ready = _parse_time(ready.last_transition_time) if ready is not None and ready_now else None
+    if became_ready is not None:
         since = became_ready if since is None else max(since, became_ready)
     current = _parse_time(now)
     # Kubernetes timestamps carry whole seconds: the model may have woken up to 1 s after `since`,

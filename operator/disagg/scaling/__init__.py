@@ -35,10 +35,15 @@ def _window(duration: str) -> str:
     return promql_duration(duration_seconds(duration))
 
 
+def _step_seconds(idle_after_seconds: float, floor: float = 1.0) -> float:
+    """A quarter of the idle window, at most 15 s and at least ``floor``."""
+    return max(min(MAX_SUBQUERY_STEP, idle_after_seconds / 4), floor)
+
+
 def _step(idle_after: str) -> str:
     """Subquery resolution: at most 15 s, and at least four samples inside the idle window
     (a window shorter than one step can hold no sample at all and reads as "no data")."""
-    return promql_duration(max(min(MAX_SUBQUERY_STEP, duration_seconds(idle_after) / 4), 1.0))
+    return promql_duration(_step_seconds(duration_seconds(idle_after)))
 
 
 class Action(StrEnum):
@@ -71,6 +76,11 @@ ROUTER_INFO = "llm_d_epp_info"
 """Build info every llm-d router exports from start: proves the router is scraped at all."""
 
 
+def _seen(router_selector: str) -> str:
+    """0 while Prometheus scrapes the router at all (its info series), else no data."""
+    return f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+
+
 def router_demand_query(router_selector: str, window: str) -> str:
     """Requests the router scheduled within ``window`` (the idle window) or holds now; empty (no
     data) when the router is not scraped.
@@ -82,7 +92,7 @@ def router_demand_query(router_selector: str, window: str) -> str:
     with the first request, so a router that has seen none reads 0 through its info series; a
     router Prometheus cannot see reads as no data, which never counts as idle.
     """
-    seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+    seen = _seen(router_selector)
     return f"{_requests_within(router_selector, window)} + (sum({ROUTER_HELD}{{{router_selector}}}) or {seen})"
 
 
@@ -93,7 +103,7 @@ def _requests_within(router_selector: str, window: str) -> str:
     value. (Found by the demo: a request routed to a decode pod that was shutting down was the
     freshly rolled router's first, read as no demand, and the model never woke.)"""
     requests = f"{ROUTER_REQUESTS}{{{router_selector}}}"
-    seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+    seen = _seen(router_selector)
     fresh = f"sum({requests} unless {requests} offset {window})"
     return f"((sum(increase({requests}[{window}])) + ({fresh} or {seen})) or {seen})"
 
@@ -105,7 +115,7 @@ def router_demand_window_query(router_selector: str, window: str) -> str:
     rate: that rate stays above zero for a minute after the last request, which would stretch
     every idle window by a minute (``idleAfter: 20s`` sleeping after 80 s).
     """
-    seen = f"0 * sum({ROUTER_INFO}{{{router_selector}}})"
+    seen = _seen(router_selector)
     step = _step(window)
     return (
         f"{_requests_within(router_selector, window)}"
@@ -196,9 +206,12 @@ def decide(
         )
     if signals.demand_window > 0 or signals.busy_window > 0:
         # the last request leaves the window at some moment no event marks: look once per step
-        step = max(min(MAX_SUBQUERY_STEP, idle_after / 4), MIN_RECHECK_SECONDS)
         return Decision(
-            Action.STAY, True, "Active", "demand or in-flight work within the idle window", recheck_seconds=step
+            Action.STAY,
+            True,
+            "Active",
+            "demand or in-flight work within the idle window",
+            recheck_seconds=_step_seconds(idle_after, floor=MIN_RECHECK_SECONDS),
         )
     return Decision(
         Action.SLEEP,
