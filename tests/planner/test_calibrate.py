@@ -24,10 +24,23 @@ def test_fit_stays_on_its_grids_and_keeps_priors_without_rows() -> None:
     vllm = fitted.profiles["vllm"]
     assert vllm.request_overhead_ms in calibrate.OVERHEAD_GRID_MS
     assert vllm.eager_layer_us in calibrate.EAGER_GRID_US
-    for name in ("sglang", "trtllm"):  # no rows: the physical priors stand in
+    vllm_scale = max(vllm.eager_layer_us, 100.0) / calibrate.PRIORS["vllm"][2]
+    for name in ("sglang", "trtllm"):  # no rows: the physical priors stand in, the eager one scaled like vLLM's
         overhead, eta, eager = calibrate.PRIORS[name]
         profile = fitted.profiles[name]
-        assert (profile.request_overhead_ms, profile.moe_gemm_eta, profile.eager_layer_us) == (overhead, eta, eager)
+        assert (profile.request_overhead_ms, profile.moe_gemm_eta) == (overhead, eta)
+        want = min(max(eager * vllm_scale, min(calibrate.EAGER_GRID_US)), max(calibrate.EAGER_GRID_US))
+        assert profile.eager_layer_us == pytest.approx(want)
+
+
+def test_eager_time_of_an_unseen_engine_scales_its_prior_by_the_measured_engines_factor() -> None:
+    # Two measured engines whose fitted values are 2x and 8x their priors: geometric mean 4x.
+    assert calibrate.transferred_eager_us(100.0, {"a": (200.0, 100.0), "b": (800.0, 100.0)}) == pytest.approx(400.0)
+    # A fitted 0 (dispatch fully hidden) counts as the grid's smallest step, not as "no host time anywhere".
+    assert calibrate.transferred_eager_us(100.0, {"a": (0.0, 100.0)}) == pytest.approx(100.0)
+    # Kept on the fitting grid, and the prior stands when nothing was measured.
+    assert calibrate.transferred_eager_us(250.0, {"a": (600.0, 100.0)}) == max(calibrate.EAGER_GRID_US)
+    assert calibrate.transferred_eager_us(250.0, {}) == 250.0
 
 
 def test_cross_validation_never_fits_on_the_held_out_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,11 @@ three constants per serving backend that no datasheet gives:
   eager, torch.compile, C++).
 
 They are fitted per backend on the rows given (bounded grids, a few seconds), starting from physical
-priors that also stand in for a backend with no rows in the training set. ``cross_validate`` holds out
+priors that also stand in for a backend with no rows in the training set. One thing does carry over to such
+a backend: the eager dispatch time is the same kind of host work in every engine (PyTorch operators issued
+from Python on the same CPUs), so the factor by which the measured engines' fitted values exceed their own
+priors scales the unseen engine's prior too (``transferred_eager_us``). The request overhead (each engine's
+own front end and the harness) and the MoE kernel efficiency (each engine's own kernels) do not transfer. ``cross_validate`` holds out
 each GPU, each model and each backend in turn, fits on the rest and scores the held-out rows, so its
 figures say how the planner does on hardware, models and engines it was not fitted on.
 """
@@ -19,6 +23,7 @@ figures say how the planner does on hardware, models and engines it was not fitt
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -94,6 +99,7 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
             by_backend[name].append(row)
     profiles: dict[str, BackendProfile] = {}
     counts: dict[str, int] = {}
+    unseen: list[str] = []
     for name, base in BACKEND_PROFILES.items():
         overhead, eta, eager = PRIORS[name]
         prior = dataclasses.replace(base, request_overhead_ms=overhead, moe_gemm_eta=eta, eager_layer_us=eager)
@@ -101,6 +107,7 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
         counts[name] = len(mine)
         if not mine:
             profiles[name] = prior
+            unseen.append(name)
             continue
         scored_eager = []
         for value in EAGER_GRID_US:
@@ -121,7 +128,25 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
             prior = dataclasses.replace(prior, moe_gemm_eta=min(scored)[1])
         comps, _ = compare_rows(mine, backends={name: prior})
         profiles[name] = dataclasses.replace(prior, request_overhead_ms=_fit_overhead(comps, prior.request_overhead_ms))
+    fitted_eager = {n: profiles[n].eager_layer_us for n in profiles if counts[n]}
+    for name in unseen:
+        eager = transferred_eager_us(PRIORS[name][2], {n: (v, PRIORS[n][2]) for n, v in fitted_eager.items()})
+        profiles[name] = dataclasses.replace(profiles[name], eager_layer_us=eager)
     return Fit(profiles, counts)
+
+
+def transferred_eager_us(prior_us: float, measured: Mapping[str, tuple[float, float]]) -> float:
+    """The eager host time per layer for an engine without measured rows: its physical prior scaled by the
+    geometric mean of (fitted / prior) over the engines that have rows (``measured``: name -> (fitted,
+    prior)), kept on the fitting grid. A fitted 0 (fully hidden) counts as the grid's smallest non-zero
+    value, so one engine that hides its dispatch does not zero the others. With no measured engine the
+    prior stands."""
+    if not measured:
+        return prior_us
+    floor = min(v for v in EAGER_GRID_US if v > 0)
+    logs = [math.log(max(fitted, floor) / max(prior, floor)) for fitted, prior in measured.values()]
+    value = prior_us * math.exp(statistics.fmean(logs))
+    return min(max(value, min(EAGER_GRID_US)), max(EAGER_GRID_US))
 
 
 def _shifted_ttft_error(shift_ms: float) -> Callable[[Comparison], float]:
