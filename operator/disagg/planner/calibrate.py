@@ -15,9 +15,9 @@ priors that also stand in for a backend with no rows in the training set. One th
 a backend: the eager dispatch time is the same kind of host work in every engine (PyTorch operators issued
 from Python on the same CPUs), so the factor by which the measured engines' fitted values exceed their own
 priors scales the unseen engine's prior too (``transferred_eager_us``). The request overhead (each engine's
-own front end and the harness) and the MoE kernel efficiency (each engine's own kernels) do not transfer. ``cross_validate`` holds out
-each GPU, each model and each backend in turn, fits on the rest and scores the held-out rows, so its
-figures say how the planner does on hardware, models and engines it was not fitted on.
+own front end and the harness) and the MoE kernel efficiency (each engine's own kernels) do not transfer.
+``cross_validate`` holds out each GPU, each model and each backend in turn, fits on the rest and scores the
+held-out rows, so its figures say how the planner does on hardware, models and engines it was not fitted on.
 """
 
 from __future__ import annotations

@@ -134,7 +134,19 @@ def littles_law_population(
 
 def min_servers(ok: Callable[[int], bool], lo: int, limit: int) -> int | None:
     """Smallest ``n >= lo`` with ``ok(n)`` for a predicate monotone in ``n`` (more servers never hurt):
-    doubling from ``lo`` until it holds, then bisection. ``None`` when even ``limit`` fails."""
+    doubling from ``lo`` until it holds, then bisection. ``None`` when even ``limit`` fails. Each ``n`` is
+    judged once (the predicate is a sizing evaluation, the planner's hot path)."""
+    judged: dict[int, bool] = {}
+
+    def ok_once(k: int) -> bool:
+        if k not in judged:
+            judged[k] = ok(k)
+        return judged[k]
+
+    return _min_servers(ok_once, lo, limit)
+
+
+def _min_servers(ok: Callable[[int], bool], lo: int, limit: int) -> int | None:
     n = lo
     while not ok(n):
         if n >= limit:

@@ -403,10 +403,6 @@ def _agg_eval(ctx: SizingContext, engine: Engine, replicas: int) -> _AggSizing:
     return _AggSizing(ttft, itl, tpot, b, ok)
 
 
-def _agg_ok(ctx: SizingContext, engine: Engine, replicas: int) -> bool:
-    return _agg_eval(ctx, engine, replicas).ok
-
-
 def size_aggregated(
     ctx: SizingContext, candidates: list[Layout], chunks: tuple[int, ...] = AGG_CHUNKS
 ) -> list[Candidate]:
@@ -416,11 +412,18 @@ def size_aggregated(
         top: Candidate | None = None
         for chunk in chunks:
             engine = ctx.engine(layout, chunk)
-            n = min_servers(partial(_agg_ok, ctx, engine), 1, MAX_REPLICAS)
+            evals: dict[int, _AggSizing] = {}  # the search and the chosen count share evaluations
+
+            def sized(replicas: int, engine: Engine = engine, evals: dict[int, _AggSizing] = evals) -> _AggSizing:
+                if replicas not in evals:
+                    evals[replicas] = _agg_eval(ctx, engine, replicas)
+                return evals[replicas]
+
+            n = min_servers(lambda replicas: sized(replicas).ok, 1, MAX_REPLICAS)
             meets = n is not None
             if n is None:
                 n = MAX_REPLICAS
-            sz = _agg_eval(ctx, engine, n)
+            sz = sized(n)
             cand = Candidate(
                 mode=ServingMode.AGGREGATED,
                 prefill_tp=layout.tp,
