@@ -51,7 +51,7 @@ from disagg.scaling import (
     workload_queries,
 )
 from disagg.settings import OperatorSettings
-from disagg.status import RoleObservation, failed_status, healthy_status
+from disagg.status import READY_AT_ZERO_REASON, RoleObservation, failed_status, healthy_status
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ def _zero_state(
     since = _parse_time(marker.last_transition_time if marker is not None else meta.get("creationTimestamp"))
     ready = condition(previous.conditions, ConditionType.READY.value)
     # Ready with reason ScaledToZero is the sleeping model's: after a wake it means nothing is up yet
-    ready_now = ready is not None and ready.status == "True" and ready.reason != "ScaledToZero"
+    ready_now = ready is not None and ready.status == "True" and ready.reason != READY_AT_ZERO_REASON
     became_ready = _parse_time(ready.last_transition_time) if ready is not None and ready_now else None
     if became_ready is not None:
         since = became_ready if since is None else max(since, became_ready)

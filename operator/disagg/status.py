@@ -25,6 +25,9 @@ from disagg.api.status import (
 from disagg.placement import PlacementDecision
 from disagg.planner.plan import Plan
 
+READY_AT_ZERO_REASON = "ScaledToZero"
+"""Ready's reason while the model sleeps at zero (reconcile reads it: that Ready says nothing is up)."""
+
 
 class ZeroVerdict(Protocol):
     @property
@@ -260,7 +263,7 @@ def healthy_status(
         put(
             ConditionType.READY,
             True,
-            "ScaledToZero",
+            READY_AT_ZERO_REASON,
             f"prefill and decode at zero, the router holds requests; {counts}",
         )
     elif ready:
