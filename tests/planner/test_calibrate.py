@@ -24,13 +24,12 @@ def test_fit_stays_on_its_grids_and_keeps_priors_without_rows() -> None:
     vllm = fitted.profiles["vllm"]
     assert vllm.request_overhead_ms in calibrate.OVERHEAD_GRID_MS
     assert vllm.eager_layer_us in calibrate.EAGER_GRID_US
-    vllm_scale = max(vllm.eager_layer_us, 100.0) / calibrate.PRIORS["vllm"][2]
+    measured = {"vllm": (vllm.eager_layer_us, calibrate.PRIORS["vllm"][2])}
     for name in ("sglang", "trtllm"):  # no rows: the physical priors stand in, the eager one scaled like vLLM's
         overhead, eta, eager = calibrate.PRIORS[name]
         profile = fitted.profiles[name]
         assert (profile.request_overhead_ms, profile.moe_gemm_eta) == (overhead, eta)
-        want = min(max(eager * vllm_scale, min(calibrate.EAGER_GRID_US)), max(calibrate.EAGER_GRID_US))
-        assert profile.eager_layer_us == pytest.approx(want)
+        assert profile.eager_layer_us == pytest.approx(calibrate.transferred_eager_us(eager, measured))
 
 
 def test_eager_time_of_an_unseen_engine_scales_its_prior_by_the_measured_engines_factor() -> None:

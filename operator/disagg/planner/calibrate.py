@@ -99,7 +99,6 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
             by_backend[name].append(row)
     profiles: dict[str, BackendProfile] = {}
     counts: dict[str, int] = {}
-    unseen: list[str] = []
     for name, base in BACKEND_PROFILES.items():
         overhead, eta, eager = PRIORS[name]
         prior = dataclasses.replace(base, request_overhead_ms=overhead, moe_gemm_eta=eta, eager_layer_us=eager)
@@ -107,7 +106,6 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
         counts[name] = len(mine)
         if not mine:
             profiles[name] = prior
-            unseen.append(name)
             continue
         scored_eager = []
         for value in EAGER_GRID_US:
@@ -128,9 +126,9 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
             prior = dataclasses.replace(prior, moe_gemm_eta=min(scored)[1])
         comps, _ = compare_rows(mine, backends={name: prior})
         profiles[name] = dataclasses.replace(prior, request_overhead_ms=_fit_overhead(comps, prior.request_overhead_ms))
-    fitted_eager = {n: profiles[n].eager_layer_us for n in profiles if counts[n]}
-    for name in unseen:
-        eager = transferred_eager_us(PRIORS[name][2], {n: (v, PRIORS[n][2]) for n, v in fitted_eager.items()})
+    measured = {n: (p.eager_layer_us, PRIORS[n][2]) for n, p in profiles.items() if counts[n]}
+    for name in [n for n in profiles if not counts[n]]:
+        eager = transferred_eager_us(PRIORS[name][2], measured)
         profiles[name] = dataclasses.replace(profiles[name], eager_layer_us=eager)
     return Fit(profiles, counts)
 

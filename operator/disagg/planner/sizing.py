@@ -17,8 +17,10 @@ work). The chunk size is searched too (smaller chunks: lower ITL tail, slower pr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
+from typing import Protocol
 
 from disagg.api.spec import NetworkKind
 from disagg.planner.catalog import GPU, BackendProfile, ModelShape, PlanningError, tp_candidates
@@ -190,6 +192,17 @@ class Candidate:
         return f"{self.ratio} on {self.gpus} GPUs: p-TTFT {self.ttft_ms:.0f} ms, p-ITL {self.itl_ms:.1f} ms ({ok})"
 
 
+class _Sized(Protocol):
+    @property
+    def ok(self) -> bool: ...
+
+
+def _meets(evaluate: Callable[[int], _Sized]) -> Callable[[int], bool]:
+    """The replica search's predicate over a sizing evaluation (cached by the caller, which reuses the
+    evaluation of the count the search settles on)."""
+    return lambda replicas: evaluate(replicas).ok
+
+
 # ---------------------------------------------------------------------------------------- context
 @dataclass(frozen=True)
 class SizingContext:
@@ -259,10 +272,6 @@ def _decode_eval(ctx: SizingContext, engine: Engine, replicas: int) -> _DecodeSi
     return _DecodeSizing(replicas, b, itl, mean_step, max_batch, ok)
 
 
-def _decode_ok(ctx: SizingContext, engine: Engine, replicas: int) -> bool:
-    return _decode_eval(ctx, engine, replicas).ok
-
-
 # ---------------------------------------------------------------------------------------- prefill
 @dataclass(frozen=True)
 class _PrefillTimes:
@@ -300,10 +309,11 @@ def size_disaggregated(ctx: SizingContext, p_layouts: list[Layout], d_layouts: l
     decode: dict[Layout, tuple[Engine, _DecodeSizing]] = {}
     for layout in d_layouts:
         engine = ctx.engine(layout)
-        n = min_servers(partial(_decode_ok, ctx, engine), 1, MAX_REPLICAS)
+        sized = cache(partial(_decode_eval, ctx, engine))  # the search and the chosen count share evaluations
+        n = min_servers(_meets(sized), 1, MAX_REPLICAS)
         if n is None:
             n = MAX_REPLICAS
-        decode[layout] = (engine, _decode_eval(ctx, engine, n))
+        decode[layout] = (engine, sized(n))
     for pl in p_layouts:
         pengine = ctx.engine(pl)
         times = _prefill_times(ctx, pengine)
@@ -412,14 +422,8 @@ def size_aggregated(
         top: Candidate | None = None
         for chunk in chunks:
             engine = ctx.engine(layout, chunk)
-            evals: dict[int, _AggSizing] = {}  # the search and the chosen count share evaluations
-
-            def sized(replicas: int, engine: Engine = engine, evals: dict[int, _AggSizing] = evals) -> _AggSizing:
-                if replicas not in evals:
-                    evals[replicas] = _agg_eval(ctx, engine, replicas)
-                return evals[replicas]
-
-            n = min_servers(lambda replicas: sized(replicas).ok, 1, MAX_REPLICAS)
+            sized = cache(partial(_agg_eval, ctx, engine))  # the search and the chosen count share evaluations
+            n = min_servers(_meets(sized), 1, MAX_REPLICAS)
             meets = n is not None
             if n is None:
                 n = MAX_REPLICAS
