@@ -68,8 +68,9 @@ GENERATIONS: dict[str, Generation] = {
     # tensor cores: such weights are dequantised to BF16 in mixed-input (Marlin-class) kernels.
     "ampere": Generation("ampere", 0.70, {"fp8": 1.0, "fp4": 1.0}, 0.80, 0.55, 0.80, 8.0, 16.0, 0.60, 0.75),
     # Hopper: ~65% of dense bf16 peak for large GEMMs, fp8 ~55% of fp8 peak; HBM3 ~80%. No FP4 tensor
-    # cores: MXFP4/NVFP4 weights are decoded (E2M1 + block scale) to BF16 before every wgmma.
-    "hopper": Generation("hopper", 0.65, {"fp8": 0.85, "fp4": 0.80}, 0.80, 0.50, 0.80, 8.0, 14.0, 0.60, 0.75),
+    # cores: MXFP4/NVFP4 weights are decoded (E2M1 + block scale) to BF16 before every wgmma; warp-specialised
+    # mixed-input kernels (Machete, matmul_ogs) overlap that decode with the MMAs of a prefill-sized tile.
+    "hopper": Generation("hopper", 0.65, {"fp8": 0.85, "fp4": 0.80}, 0.80, 0.50, 0.80, 8.0, 14.0, 0.90, 0.75),
     # Blackwell: larger tensor-core tiles, younger kernels; HBM3e at 8 TB/s is harder to saturate. FP8 and
     # FP4 are native, so the dequantisation factors never apply.
     "blackwell": Generation("blackwell", 0.62, {"fp8": 0.85, "fp4": 0.75}, 0.77, 0.45, 0.80, 7.0, 12.0),
@@ -86,6 +87,8 @@ class GPU:
     tflops: dict[str, float]
     """Dense tensor-core TFLOPS per operand dtype; a missing dtype means no native support."""
     hbm_gb: float
+    """Memory as the datasheet states it. HBM stacks come in binary sizes (H100: 5 x 16 GiB, B300: 8 x 36 GiB),
+    and the figure is GiB: nvidia-smi reports 81559 MiB for an H100 "80 GB", 143771 MiB for an H200 "141 GB"."""
     hbm_tbps: float
     scaleup_gbps: float
     """Per-direction NVLink (or PCIe when no NVLink) bandwidth per GPU, GB/s."""
@@ -95,6 +98,11 @@ class GPU:
     """Per-GPU NIC bandwidth (GB/s) of the typical node for this GPU."""
     hourly_usd: float
     """Indicative on-demand price per GPU-hour, for $/1M-token figures only."""
+
+    @property
+    def hbm_bytes(self) -> float:
+        """Device memory in bytes (what ``--gpu-memory-utilization`` takes its share of)."""
+        return self.hbm_gb * 1024.0**3
 
     @property
     def eff(self) -> Generation:
@@ -303,13 +311,13 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
     # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
     # and bounds there); the rest are host-side figures of each engine.
     "vllm": BackendProfile(
-        "vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.4, eager_layer_us=600.0, graph_tokens=512
+        "vllm", 1.2, 1.3, 10.0, 8192, "none", moe_gemm_eta=0.3, eager_layer_us=600.0, graph_tokens=512
     ),
     "sglang": BackendProfile(
         "sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),
     "trtllm": BackendProfile(
-        "trtllm", 0.5, 1.0, 80.0, 8192, "none", moe_gemm_eta=1.0, eager_layer_us=600.0, output_lag_steps=1
+        "trtllm", 0.5, 1.0, 75.0, 8192, "none", moe_gemm_eta=0.7, eager_layer_us=600.0, output_lag_steps=1
     ),
 }
 

@@ -180,7 +180,7 @@ class Engine:
 
     @cached_property
     def kv_free_bytes_per_gpu(self) -> float:
-        return self.gpu.hbm_gb * 1e9 * self.mem_util - self.weight_bytes_per_gpu - ACTIVATION_RESERVE_GB * 1e9
+        return self.gpu.hbm_bytes * self.mem_util - self.weight_bytes_per_gpu - ACTIVATION_RESERVE_GB * 1e9
 
     def rank_capacity_tokens(self, context: int | None = None) -> int:
         """Tokens of KV one attention rank holds (a sequence lives on one rank)."""
