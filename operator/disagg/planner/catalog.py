@@ -31,6 +31,9 @@ BYTES_PER_PARAM: dict[str, float] = {
 }
 
 
+GIB = 1024.0**3
+
+
 class PlanningError(ValueError):
     """Input the planner cannot act on; the message is one line, shown to users verbatim."""
 
@@ -102,7 +105,7 @@ class GPU:
     @property
     def hbm_bytes(self) -> float:
         """Device memory in bytes (what ``--gpu-memory-utilization`` takes its share of)."""
-        return self.hbm_gb * 1024.0**3
+        return self.hbm_gb * GIB
 
     @property
     def eff(self) -> Generation:

@@ -22,7 +22,6 @@ from disagg.planner.catalog import (
     PlanningError,
 )
 
-GIB = 1024.0**3
 ACTIVATION_RESERVE_GB = 3.0
 """CUDA graphs, NCCL buffers, allocator slack and activations at the step token budget (per GPU)."""
 P2P_LATENCY_S = 20e-6
