@@ -42,7 +42,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterEnv]:
 def kubectl(cluster: ClusterEnv) -> Kubectl:
     k = Kubectl(cluster)
     k.run("apply", "--server-side", "-f", str(ROOT / "crds"))
-    k.run("wait", "--for=condition=Established", "crd/disaggregatedmodels.disagg.dev", "--timeout=60s")
+    k.wait_established("crd/disaggregatedmodels.disagg.dev")
     return k
 
 

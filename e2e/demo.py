@@ -316,7 +316,7 @@ def demo() -> None:
     env = cluster_env(NAME)
     kubectl = Kubectl(env_facts)
     kubectl.run("apply", "--server-side", "-f", str(ROOT / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd/disaggregatedmodels.disagg.dev", "--timeout=60s")
+    kubectl.wait_established("crd/disaggregatedmodels.disagg.dev")
     why_not = runtime_supported()
     if why_not:
         raise SystemExit(f"make demo runs the model's pods for real and {why_not}: run it as root")

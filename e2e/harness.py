@@ -127,6 +127,20 @@ class Kubectl:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
 
+    def wait_established(self, crd: str, timeout: float = 60) -> None:
+        """Wait until a CRD serves. Not `kubectl wait`: it fails outright ("accessor error: <nil>")
+        on a CRD the API server has stored but not yet given a status."""
+        name = crd.removeprefix("crd/").removeprefix("customresourcedefinition/")
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.get("crd", name, namespace="default")
+            conditions = ((found or {}).get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRD {name} not Established within {timeout:.0f} s: {conditions}")
+            time.sleep(0.5)
+
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)
 

@@ -540,7 +540,7 @@ def test_helm_upgrade_across_a_crd_schema_change(kubectl: Kubectl, helm: Helm, n
         # a cluster that never had disagg: helm install creates the (old) CRD from crds/
         kubectl.run("delete", CRD_NAME, "--wait=true", "--timeout=60s")
         helm.run("install", release, str(old_chart), "-n", namespace, "--wait", "--timeout", "90s")
-        kubectl.run("wait", "--for=condition=Established", CRD_NAME, "--timeout=60s")
+        kubectl.wait_established(CRD_NAME)
         rejected = kubectl.run("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(with_planner), check=False)
         assert rejected.returncode != 0
         assert ".spec.planner: field not declared in schema" in rejected.stderr, rejected.stderr
@@ -560,7 +560,7 @@ def test_helm_upgrade_across_a_crd_schema_change(kubectl: Kubectl, helm: Helm, n
 
         # the documented CRD upgrade step
         kubectl.run(*CRD_UPGRADE_STEP)
-        kubectl.run("wait", "--for=condition=Established", CRD_NAME, "--timeout=60s")
+        kubectl.wait_established(CRD_NAME)
         wait_for(
             "the upgraded schema to be served",
             lambda: (
@@ -579,7 +579,7 @@ def test_helm_upgrade_across_a_crd_schema_change(kubectl: Kubectl, helm: Helm, n
         kubectl.run("delete", "disaggregatedmodels", "--all", "-n", models, "--wait=true", check=False)
         helm.run("uninstall", release, "-n", namespace, check=False)
         kubectl.run(*CRD_UPGRADE_STEP, check=False)  # leave the current CRD for the other tests
-        kubectl.run("wait", "--for=condition=Established", CRD_NAME, "--timeout=60s", check=False)
+        kubectl.wait_established(CRD_NAME)
         delete_namespaces(kubectl, models)
 
 

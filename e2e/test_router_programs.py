@@ -99,9 +99,7 @@ def gaie_crds(kubectl: Kubectl) -> None:
     for crd in ("inferencepools", "inferenceobjectives", "inferencemodelrewrites"):
         group = "inference.networking.k8s.io" if crd == "inferencepools" else "inference.networking.x-k8s.io"
         kubectl.run("apply", "--server-side", "-f", str(crds / f"{group}_{crd}.yaml"))
-    kubectl.run(
-        "wait", "--for=condition=Established", "crd/inferencepools.inference.networking.k8s.io", "--timeout=60s"
-    )
+    kubectl.wait_established("crd/inferencepools.inference.networking.k8s.io")
 
 
 def render(case: Case, namespace: str, workdir: Path) -> list[dict[str, Any]]:
@@ -506,7 +504,7 @@ def test_http_route_is_valid_gateway_api(pool: bool, kubectl: Kubectl, private_n
     """The rendered HTTPRoute against Gateway API's own CRD (its schema and CEL rules), server-side."""
     crds = crd_dir("--gateway-crds")
     kubectl.run("apply", "--server-side", "-f", str(crds / "gateway.networking.k8s.io_httproutes.yaml"))
-    kubectl.run("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
+    kubectl.wait_established("crd/httproutes.gateway.networking.k8s.io")
     case = Case("llama-3.3-70b-disaggregated.yaml", pool=pool, spec={"router": {"gateway": {"name": "inference-gw"}}})
     route = find(render(case, private_namespace, tmp_path), "HTTPRoute", "-router")
     result = kubectl.dry_run(route, namespace=private_namespace)

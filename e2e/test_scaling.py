@@ -661,7 +661,7 @@ def test_keda_scaled_objects_are_accepted_by_the_real_crd(kubectl: Kubectl, name
     assert crd.name == "keda.sh_scaledobjects.yaml", crd
     kubectl.run("apply", "--server-side", "-f", str(crd))
     try:
-        kubectl.run("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+        kubectl.wait_established("crd/scaledobjects.keda.sh")
         for variant, idle_after in (("plain", None), ("scale-to-zero", "5m")):
             body = copy.deepcopy(scaling_model(engine="keda", idle_after=idle_after))
             body["metadata"]["name"] = f"keda-{variant}"
