@@ -164,7 +164,7 @@ def test_plan_shows_what_a_manifest_would_change(
     manifest = tmp_path / "model.yaml"
     manifest.write_text(yaml.safe_dump(body))
 
-    same = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace)
+    same = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace, "--detailed-exitcode")
     assert same.returncode == 0, same.stderr
     assert same.stdout.splitlines()[0] == (
         f"disaggregatedmodel/{NAME} in namespace {namespace}: no change (the live plan is what this manifest plans)"
@@ -177,6 +177,8 @@ def test_plan_shows_what_a_manifest_would_change(
     result = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace)
     assert result.returncode == 0, result.stderr
     print(result.stdout)
+    gated = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace, "--detailed-exitcode")
+    assert (gated.returncode, gated.stdout) == (2, result.stdout), gated.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"disaggregatedmodel/{NAME} in namespace {namespace}: ")
     assert lines[0].endswith(" would change"), lines[0]
@@ -213,8 +215,8 @@ def test_plan_shows_what_a_manifest_would_change(
     missing["metadata"]["name"] = "not-applied-yet"
     del missing["spec"]["accelerator"]["type"]
     manifest.write_text(yaml.safe_dump(missing))
-    fresh = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace)
-    assert fresh.returncode == 0, fresh.stderr
+    fresh = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace, "--detailed-exitcode")
+    assert fresh.returncode == 2, fresh.stderr
     assert fresh.stdout.splitlines()[0] == (
         f"disaggregatedmodel/not-applied-yet in namespace {namespace}: not deployed; applying the manifest would plan:"
     )
@@ -223,7 +225,7 @@ def test_plan_shows_what_a_manifest_would_change(
     bad = copy.deepcopy(body)
     bad["spec"]["prefill"]["replicas"] = {"min": 5, "max": 2}
     manifest.write_text(yaml.safe_dump(bad))
-    rejected = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace)
+    rejected = kubectl_disagg(cluster, "plan", "-f", str(manifest), "-n", namespace, "--detailed-exitcode")
     assert rejected.returncode == 1
     assert (
         rejected.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from disagg.api.status import Condition, DisaggregatedModelStatus, ReplanStatus
+from disagg.describe import would_change
 from disagg.kube.client import default_namespace
 from disagg.kubectl import build_parser, main, plan_change
 from disagg.planner.resolve import resolve_plan
@@ -116,6 +118,12 @@ def test_an_unchanged_manifest_compares_equal_to_the_status_the_operator_wrote()
     assert change.live_plan == change.plan
     assert change.live_verdict == change.verdict == "SLOsMet"
     assert plan_change("llama-70b", "prod", spec, resolution, None).deployed is False
+    # what --detailed-exitcode reports: nothing for the same plan, a change for a model not deployed or a field moved
+    assert not would_change(change)
+    assert would_change(plan_change("llama-70b", "prod", spec, resolution, None))
+    assert change.live_plan is not None
+    moved = dataclasses.replace(change, live_plan=change.live_plan.model_copy(update={"gpus": change.plan.gpus + 1}))
+    assert would_change(moved)
 
 
 def test_with_replanning_on_the_live_floors_are_kept_as_the_operator_keeps_them() -> None:

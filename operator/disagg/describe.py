@@ -596,6 +596,11 @@ def changed_fields(change: PlanChange) -> list[tuple[str, str, str]]:
     return [(key, old.get(key, NONE), value) for key, value in new.items() if old.get(key, NONE) != value]
 
 
+def would_change(change: PlanChange) -> bool:
+    """Applying the manifest would change the model: it is not deployed, or a plan field differs."""
+    return not change.deployed or bool(changed_fields(change))
+
+
 def plan_change_text(change: PlanChange) -> str:
     """``kubectl disagg plan``: per field live -> manifest, ``no change``, or ``not deployed``."""
     where = f"disaggregatedmodel/{change.name} in namespace {change.namespace}"

@@ -7,7 +7,8 @@ else ~/.kube/config; ``--context``; the context's namespace unless ``-n``).
 - ``kubectl disagg status NAME``: the plan, roles with their autoscalers, placement, the last
   sleep/wake and re-planning decisions and the conditions, on one screen.
 - ``kubectl disagg plan -f model.yaml``: the planner on a manifest (the code the operator runs),
-  and what would change against the live model's ``status.plan``.
+  and what would change against the live model's ``status.plan`` (``--detailed-exitcode``: exit 2
+  when something would, for scripts and CI gates).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from disagg import __version__
 from disagg.api.spec import DisaggregatedModelSpec
 from disagg.api.status import ConditionType, DisaggregatedModelStatus, condition
 from disagg.cli import CliError, load_models
-from disagg.describe import PlanChange, plan_change_text, status_text
+from disagg.describe import PlanChange, plan_change_text, status_text, would_change
 from disagg.planner.replan import apply_floors
 from disagg.planner.resolve import Resolution, resolve_plan
 from disagg.reconcile import parse_spec
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from disagg.kube.client import KubeCluster
 
 PROG = "kubectl disagg"
+PLAN_CHANGES_EXIT = 2
+"""``plan --detailed-exitcode`` when a manifest would change its model (terraform's convention: 1 stays an error)."""
 USER_AGENT = f"kubectl-disagg/{__version__}"
 
 
@@ -141,6 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         manifests.append((body, spec, _resolved(name, spec, None) if spec.accelerator.type else None))
     cluster, namespace = _connect(args)
     texts = []
+    changes = 0
     for body, spec, known in manifests:
         meta = body.get("metadata") or {}
         name, own = str(meta["name"]), meta.get("namespace")
@@ -152,9 +156,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             live = cluster.get_model(where, name)
         except ApiError as exc:
             raise CliError(f"{name}: reading the cluster: {exc}") from exc
-        texts.append(plan_change_text(plan_change(name, where, spec, resolution, live)))
+        change = plan_change(name, where, spec, resolution, live)
+        changes += would_change(change)
+        texts.append(plan_change_text(change))
     sys.stdout.write("\n".join(texts))
-    return 0
+    return PLAN_CHANGES_EXIT if args.detailed_exitcode and changes else 0
 
 
 def _connection_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plan", parents=[common], help="plan a manifest and show what would change against the live model"
     )
     plan.add_argument("-f", "--filename", required=True, help="YAML file with DisaggregatedModel(s), - for stdin")
+    plan.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help=f"exit {PLAN_CHANGES_EXIT} when applying would change a model (not deployed, or a plan field differs); "
+        "0 when nothing would, 1 on errors",
+    )
     plan.set_defaults(func=cmd_plan)
     return parser
 

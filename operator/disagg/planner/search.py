@@ -285,6 +285,10 @@ def _check_layout_request(model: ModelShape, dps: tuple[int | None, ...], expert
         raise PlanningError(f"expert parallelism needs an MoE model; {model.name} is dense")
 
 
+def _replicas(count: int, role: str) -> str:
+    return f"{count} {role} replica{'' if count == 1 else 's'}"
+
+
 def _reason(ctx: SizingContext, r: PlanResult, why: str) -> str:
     wl, c = ctx.wl, r.chosen
     pct = f"p{wl.percentile}"
@@ -294,9 +298,10 @@ def _reason(ctx: SizingContext, r: PlanResult, why: str) -> str:
     ]
     if c.mode == ServingMode.DISAGGREGATED:
         parts[-1] += (
-            f"; {c.prefill_replicas} prefill replicas keep the {pct} TTFT at {c.ttft_ms:.0f} ms "
+            f"; {_replicas(c.prefill_replicas, 'prefill')} {'keeps' if c.prefill_replicas == 1 else 'keep'} the "
+            f"{pct} TTFT at {c.ttft_ms:.0f} ms "
             f"(target {wl.ttft_s * 1e3:.0f} ms, KV transfer {c.kv_transfer_ms:.1f} ms over {ctx.fabric.network}), "
-            f"and {c.decode_replicas} decode replicas at about {c.decode_batch:.0f} sequences each "
+            f"and {_replicas(c.decode_replicas, 'decode')} at about {c.decode_batch:.0f} sequences each "
             f"step in {c.mean_tpot_ms:.1f} ms ({pct} ITL {c.itl_ms:.1f} ms, target {wl.itl_s * 1e3:.0f} ms)."
         )
     else:
