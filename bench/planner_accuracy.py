@@ -1,6 +1,6 @@
 """Accuracy of the analytical planner against measured serving runs, and how long a plan takes.
 
-    python bench/planner_accuracy.py [--csv PATH] [--worst N] [--no-cv] [--fit] [--residuals]
+    python bench/planner_accuracy.py [--csv PATH] [--worst N] [--no-cv] [--fit] [--residuals] [--burst-weights]
 
 Prints the median absolute percentage error of TTFT and TPOT over every measured-dev.csv row the
 estimator supports (``mode=agg``: one engine, C closed-loop clients), overall and per
@@ -10,7 +10,8 @@ of disagg/planner/calibrate.py refitted without it), and the latency of ``disagg
 acceptance case (70B on H100, 4K prompts, 300 output tokens, 20 req/s, TTFT 1 s, ITL 50 ms).
 ``--fit`` prints the backend constants fitted on every row (what catalog.py ships). ``--residuals`` prints
 the median predicted/measured TTFT by measurement source, backend and concurrency (the table that shows the
-harnesses pulling the fitted constants in opposite directions, docs/planner.md).
+harnesses pulling the fitted constants in opposite directions, docs/planner.md). ``--burst-weights`` prints the
+share of the first wave's burst each row's TTFT implies (the harnesses' client phasing, docs/planner.md).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from disagg.planner.calibrate import cross_validate, error_bands, fit  # noqa: E402
 from disagg.planner.catalog import PlanningError  # noqa: E402
+from disagg.planner.estimate import estimate_closed_loop  # noqa: E402
 from disagg.planner.measured import (  # noqa: E402
     Comparison,
     accuracy,
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SHARE",
         help="count rows per group whose measured throughput needs the prompts' weight GEMMs alone to run at more "
         "than SHARE (default 0.7) of the GPUs' dense peak: only prefix-cache hits make that possible",
+    )
+    parser.add_argument(
+        "--burst-weights",
+        action="store_true",
+        help="the first-wave weight each row implies, (measured - steady state) / (burst - steady state), by "
+        "source, backend, model and concurrency (the benchmark protocol assumes 1/8)",
     )
     parser.add_argument(
         "--write-bands",
@@ -101,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print_residuals(rows, comparisons)
     if args.implausible:
         print_implausible(rows, args.implausible)
+    if args.burst_weights:
+        print_burst_weights(rows)
 
     if args.fit:
         fitted = fit(rows)
@@ -191,6 +201,41 @@ def print_residuals(rows: list[dict[str, str]], comparisons: list[Comparison]) -
     order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], CONCURRENCY_BANDS.index(kv[0][2])))
     for (source, backend, band), ratios in order:
         print(f"{source[:27]:<28}{backend:<8}{band:<9}{len(ratios):>5}{statistics.median(ratios):>16.2f}")
+
+
+def implied_burst_weight(row: dict[str, str]) -> tuple[str, float] | None:
+    """(backend, w) with ``measured = steady + w * (burst - steady)``: how much of the first wave's burst
+    (every client's prompt queued at once) the row's mean TTFT carries. The estimator assumes 1/8 (eight
+    requests per client); a harness whose clients stay in phase shows more, one that staggers them less.
+    None: not replayable, prefill-first (wave) scheduling, or a burst no longer than the steady state."""
+    try:
+        engine, clients, isl, osl = engine_for_row(row)
+        steady = estimate_closed_loop(engine, clients, isl, osl, waves=0.0).ttft_ms
+        burst = estimate_closed_loop(engine, clients, isl, osl, waves=1.0).ttft_ms
+        measured = float(row["silicon_ttft_ms"])
+    except (PlanningError, ValueError, KeyError):
+        return None
+    if engine.backend.lockstep == "wave" or burst - steady < 1.0:
+        return None
+    return engine.backend.name, (measured - steady) / (burst - steady)
+
+
+def print_burst_weights(rows: list[dict[str, str]]) -> None:
+    """Quartiles of the implied first-wave weight per (source, backend, model, concurrency band)."""
+    groups: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        implied = implied_burst_weight(row)
+        if implied is None:
+            continue
+        band = concurrency_band(int(float(row.get("batch_size") or 0)))
+        model = row.get("model_path", "").rsplit("/", 1)[-1]
+        groups[measurement_source(row), implied[0], model, band].append(implied[1])
+    print()
+    print(f"{'source':<24}{'backend':<8}{'model':<22}{'clients':<9}{'rows':>5}{'w q1':>8}{'median':>8}{'q3':>8}")
+    order = sorted(groups.items(), key=lambda kv: (*kv[0][:3], CONCURRENCY_BANDS.index(kv[0][3])))
+    for (source, backend, model, band), ws in order:
+        q1, med, q3 = statistics.quantiles(ws, n=4) if len(ws) > 1 else (ws[0], ws[0], ws[0])
+        print(f"{source[:23]:<24}{backend:<8}{model[:21]:<22}{band:<9}{len(ws):>5}{q1:>8.3f}{med:>8.3f}{q3:>8.3f}")
 
 
 def implied_prefill_share(row: dict[str, str]) -> float | None:

@@ -6,6 +6,9 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+from disagg.planner.estimate import estimate_closed_loop
+from disagg.planner.measured import engine_for_row
+
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "planner_accuracy.py"
 
 
@@ -61,3 +64,31 @@ def test_implied_prefill_share_is_littles_law_over_the_dense_peak() -> None:
     assert share is not None
     assert abs(share - 0.886) < 0.005
     assert bench.implied_prefill_share({**row, "mode": "disagg"}) is None
+
+
+def test_implied_burst_weight_recovers_the_weight_a_row_was_built_with() -> None:
+    """A row whose TTFT is the steady state plus a quarter of the burst's excess implies w = 0.25; the
+    steady state itself implies 0, and a prefill-first (wave) backend or a disaggregated row is not judged."""
+    bench = load_bench()
+    row = {
+        "mode": "agg",
+        "batch_size": "16",
+        "model_path": "Qwen/Qwen3-32B",
+        "system": "h100_sxm",
+        "backend": "vllm",
+        "tp_size": "2",
+        "isl": "2048",
+        "osl": "256",
+        "silicon_tpot_ms": "20",
+    }
+    engine, clients, isl, osl = engine_for_row(row)
+    steady = estimate_closed_loop(engine, clients, isl, osl, waves=0.0).ttft_ms
+    burst = estimate_closed_loop(engine, clients, isl, osl, waves=1.0).ttft_ms
+    assert burst > steady + 100  # 16 prompts of 2048 tokens queue over four 8192-token steps
+    for weight in (0.0, 0.25, 1.0):
+        implied = bench.implied_burst_weight({**row, "silicon_ttft_ms": str(steady + weight * (burst - steady))})
+        assert implied is not None
+        assert implied[0] == "vllm"
+        assert abs(implied[1] - weight) < 1e-6
+    assert bench.implied_burst_weight({**row, "backend": "sglang", "silicon_ttft_ms": "500"}) is None
+    assert bench.implied_burst_weight({**row, "mode": "disagg", "silicon_ttft_ms": "500"}) is None
