@@ -127,19 +127,17 @@ class Kubectl:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
 
+    def established(self, crd: str) -> bool:
+        """The CRD serves (``Established=True``); False while it is missing or has no status yet."""
+        name = crd.removeprefix("crd/").removeprefix("customresourcedefinition/")
+        found = self.get("crd", name, namespace="default")
+        conditions = ((found or {}).get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+
     def wait_established(self, crd: str, timeout: float = 60) -> None:
         """Wait until a CRD serves. Not `kubectl wait`: it fails outright ("accessor error: <nil>")
         on a CRD the API server has stored but not yet given a status."""
-        name = crd.removeprefix("crd/").removeprefix("customresourcedefinition/")
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.get("crd", name, namespace="default")
-            conditions = ((found or {}).get("status") or {}).get("conditions") or []
-            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"CRD {name} not Established within {timeout:.0f} s: {conditions}")
-            time.sleep(0.5)
+        wait_for(f"{crd} to be Established", lambda: self.established(crd), timeout=timeout)
 
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "-o", "json").stdout)

@@ -194,14 +194,8 @@ class KedaStack:
         return self
 
     def _established(self) -> bool:
-        # (not `kubectl wait`: it fails outright while a fresh CRD has no status yet)
         names = [yaml.safe_load(f.read_text())["metadata"]["name"] for f in sorted(self.crds.glob("*.yaml"))]
-        for name in names:
-            crd = self.kubectl.json("get", "crd", name)
-            conditions = (crd.get("status") or {}).get("conditions") or []
-            if not any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-                return False
-        return True
+        return all(self.kubectl.established(name) for name in names)
 
     def external_metric(self, namespace: str, metric: str, scaled_object: str) -> float | None:
         """The value the HPA controller would read for one of KEDA's metrics (None if not served)."""
