@@ -9,8 +9,16 @@ import pytest
 
 from disagg.planner.catalog import PlanningError, get_backend, get_gpu, get_model
 from disagg.planner.costmodel import Engine
-from disagg.planner.estimate import estimate_closed_loop
-from disagg.planner.measured import accuracy, compare_rows, engine_for_row, read_rows
+from disagg.planner.estimate import estimate_closed_loop, mean_length
+from disagg.planner.measured import (
+    BENCHMARK_WAVES,
+    Protocol,
+    accuracy,
+    compare_rows,
+    engine_for_row,
+    protocol_for_row,
+    read_rows,
+)
 
 CSV = Path(__file__).resolve().parents[2] / "data" / "serving-measurements" / "measured-dev.csv"
 
@@ -158,3 +166,72 @@ def test_prefill_first_waves_stretch_tpot_by_the_prefill_steps_after_the_first_t
     dec = e.decode_step_time(64, 1024 + 128)
     assert many.tpot_ms == pytest.approx((dec + 3.5 * prefill / 255) * 1e3, rel=0.01)
     assert estimate_closed_loop(e, 64, 1024, 1024).tpot_ms < many.tpot_ms  # longer outputs dilute it
+
+
+def test_varied_lengths_are_served_at_their_mean() -> None:
+    """``--random-range-ratio 0.8`` draws lengths from [0.8 L, L]: the engine sees 0.9 L on average."""
+    assert mean_length(1024, 0.8) == 922
+    assert mean_length(8192, 1.0) == 8192
+    varied = estimate_closed_loop(engine(), 16, 8192, 1024, waves=10, length_ratio=0.8)
+    mean = estimate_closed_loop(engine(), 16, mean_length(8192, 0.8), mean_length(1024, 0.8), waves=10)
+    assert varied.ttft_ms == pytest.approx(mean.ttft_ms)
+    assert varied.ttft_ms < estimate_closed_loop(engine(), 16, 8192, 1024, waves=10).ttft_ms
+    with pytest.raises(PlanningError, match="length ratio"):
+        estimate_closed_loop(engine(), 16, 8192, 1024, length_ratio=0.0)
+
+
+def test_varied_lengths_break_prefill_first_waves() -> None:
+    """Requests that end at different tokens de-phase the clients: no lock-step wave under SGLang."""
+    e = Engine(get_model("qwen3-32b"), get_gpu("h100-sxm"), get_backend("sglang"), tp=4)
+    fixed = estimate_closed_loop(e, 64, 1024, 256, waves=8)
+    varied = estimate_closed_loop(e, 64, 1024, 256, waves=8, length_ratio=0.8)
+    assert varied.ttft_ms < 0.6 * fixed.ttft_ms  # the wave's half-burst is gone
+
+
+def test_batch_waiting_holds_prompts_for_its_iterations() -> None:
+    """TensorRT-LLM ``batch_wait_timeout_iters: 20``: with few clients nothing else arrives in the window, so
+    every prompt waits about 20 decode steps before its prefill."""
+    trt = get_backend("trtllm")
+    base = Engine(get_model("llama-3.1-70b"), get_gpu("h200-sxm"), trt, tp=1, weights="fp8", kv_dtype="fp8")
+    held = dataclasses.replace(base, backend=dataclasses.replace(trt, batch_wait_iters=20))
+    a = estimate_closed_loop(base, 4, 1024, 1024, waves=10)
+    b = estimate_closed_loop(held, 4, 1024, 1024, waves=10)
+    assert b.ttft_ms - a.ttft_ms == pytest.approx(20 * b.decode_step_ms, rel=0.15)
+    assert b.tpot_ms == pytest.approx(a.tpot_ms, rel=0.02)
+
+
+def test_batch_waiting_ends_early_once_the_token_threshold_is_met() -> None:
+    trt = get_backend("trtllm")
+    e = Engine(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), trt, tp=1, weights="fp8", kv_dtype="fp8")
+    by_iters = dataclasses.replace(e, backend=dataclasses.replace(trt, batch_wait_iters=20))
+    by_tokens = dataclasses.replace(
+        e, backend=dataclasses.replace(trt, batch_wait_iters=20, batch_wait_tokens_ratio=0.25)
+    )
+    iters = estimate_closed_loop(by_iters, 128, 1024, 128, waves=0)
+    tokens = estimate_closed_loop(by_tokens, 128, 1024, 128, waves=0)
+    assert tokens.ttft_ms < iters.ttft_ms  # two prompts (2K of the 8K budget) release the hold
+
+
+INFERENCEMAX_ROW = {
+    "silicon_data_source": "source_file=2026-04-06.csv; model=Llama-3.1-70B; ; measured=2025-10-29T00:00:00.000Z",
+    "isl": "1024",
+    "osl": "1024",
+}
+
+
+def test_inferencemax_rows_take_the_published_protocol() -> None:
+    p = protocol_for_row(INFERENCEMAX_ROW, "trtllm", "llama-3.1-70b", tp=4)
+    assert (p.waves, p.length_ratio, p.chunk_tokens, p.batch_wait_iters, p.batch_wait_tokens_ratio) == (
+        10,
+        0.8,
+        16384,
+        20,
+        0.9,
+    )
+    assert protocol_for_row(INFERENCEMAX_ROW, "trtllm", "llama-3.1-70b", tp=8).batch_wait_iters == 0
+    assert protocol_for_row({**INFERENCEMAX_ROW, "osl": "8192"}, "trtllm", "llama-3.1-70b", 4).batch_wait_iters == 0
+    assert protocol_for_row(INFERENCEMAX_ROW, "trtllm", "gpt-oss-120b", tp=4).chunk_tokens == 20000
+    assert protocol_for_row(INFERENCEMAX_ROW, "vllm", "llama-3.1-70b", tp=4).output_lag_steps == 1
+    aic = {"silicon_data_source": "source_file=/data/h100_sxm/trtllm/1.0.0rc3/Qwen_Qwen3-32B.csv; "}
+    assert protocol_for_row(aic, "trtllm", "qwen3-32b", tp=4) == Protocol()
+    assert Protocol().waves == BENCHMARK_WAVES and Protocol().length_ratio == 1.0

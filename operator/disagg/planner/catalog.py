@@ -307,6 +307,12 @@ class BackendProfile:
     Launches are asynchronous, so this host time hides behind the GPU's work unless the step's kernels are
     shorter than their dispatch: short prefills of deep models (an MoE layer dispatches half again as many
     operators) are host-bound."""
+    batch_wait_iters: int = 0
+    """TensorRT-LLM ``batch_wait_timeout_iters``: iterations a new prompt may be held, while other sequences
+    decode, to gather a larger prefill batch (0: off, the default)."""
+    batch_wait_tokens_ratio: float = 0.0
+    """TensorRT-LLM ``batch_wait_max_tokens_ratio``: the hold ends early once the held prompts and the decode
+    tokens reach this share of the token budget (0: only the iteration limit ends it)."""
 
 
 BACKEND_PROFILES: dict[str, BackendProfile] = {
@@ -320,7 +326,7 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
         "sglang", 1.0, 1.2, 10.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),
     "trtllm": BackendProfile(
-        "trtllm", 0.5, 1.0, 75.0, 8192, "none", moe_gemm_eta=0.7, eager_layer_us=600.0, output_lag_steps=1
+        "trtllm", 0.5, 1.0, 75.0, 8192, "none", moe_gemm_eta=0.6, eager_layer_us=600.0, output_lag_steps=1
     ),
 }
 

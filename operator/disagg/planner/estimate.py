@@ -97,18 +97,57 @@ def _wave_tpot(engine: Engine, clients: int, isl: int, osl: int, cached: int, me
     return t_dec + (steps - 1) / 2.0 * step / max(1, osl - 1)
 
 
+def mean_length(nominal: int, length_ratio: float) -> int:
+    """Mean of lengths drawn uniformly from ``[int(ratio * nominal), nominal]`` (vLLM's ``benchmark_serving
+    --random-range-ratio`` as InferenceMAX runs it: ratio 0.8 gives 0.9 of the nominal length)."""
+    return max(1, round((int(nominal * length_ratio) + nominal) / 2.0))
+
+
+def _batch_wait(engine: Engine, x: float, batch: float, prompt_tokens: int, t_dec: float) -> tuple[float, float]:
+    """(mean hold, prompts per released group) of TensorRT-LLM's batch waiting: while sequences decode, new
+    prompts are held until ``batch_wait_iters`` iterations have passed or the held prompts and the decode
+    tokens reach ``batch_wait_tokens_ratio`` of the token budget; then the whole group is prefilled at once.
+    The first prompt of a group waits the full window, the ``n = x * window`` that arrive during it half of
+    it on average (arrivals at ``x`` per second)."""
+    backend = engine.backend
+    if backend.batch_wait_iters <= 0 or batch < 1.0 or x <= 0:
+        return 0.0, 1.0
+    window = backend.batch_wait_iters * t_dec
+    if backend.batch_wait_tokens_ratio > 0:
+        room = backend.batch_wait_tokens_ratio * engine.chunk - batch  # decode tokens count towards the threshold
+        prompts_to_fill = max(1.0, math.ceil(room / max(1, prompt_tokens)))
+        window = min(window, (prompts_to_fill - 1.0) / x)
+    n = x * window
+    return window * (1.0 + n / 2.0) / (1.0 + n), 1.0 + n
+
+
 def estimate_closed_loop(
-    engine: Engine, concurrency: int, isl: int, osl: int, cached: int = 0, waves: float = 0.0
+    engine: Engine,
+    concurrency: int,
+    isl: int,
+    osl: int,
+    cached: int = 0,
+    waves: float = 0.0,
+    length_ratio: float = 1.0,
 ) -> ClosedLoopEstimate:
-    """TTFT and TPOT of ``engine`` under ``concurrency`` closed-loop clients with fixed ISL/OSL.
+    """TTFT and TPOT of ``engine`` under ``concurrency`` closed-loop clients.
 
     ``waves`` > 0 models a finite benchmark: all clients start together and each sends ``waves``
     requests, so the first wave's burst (every prompt queued at once) weighs 1/waves in the mean TTFT.
+    ``length_ratio`` < 1 draws each request's prompt and output lengths uniformly from
+    ``[int(ratio * length), length]``: the engine sees the mean lengths, and requests that end at different
+    tokens keep no two clients in phase, so no lock-step grouping applies.
     """
     if concurrency < 1:
         raise PlanningError("concurrency must be >= 1")
     if isl < 1 or osl < 1:
         raise PlanningError("input and output lengths must be >= 1 token")
+    if not 0.0 < length_ratio <= 1.0:
+        raise PlanningError("the length ratio must be in (0, 1]")
+    fixed_lengths = length_ratio >= 1.0
+    if not fixed_lengths:
+        isl, osl = mean_length(isl, length_ratio), mean_length(osl, length_ratio)
+        cached = min(cached, isl - 1)
     mean_ctx = isl + osl / 2.0
     capacity = engine.kv_capacity_tokens(int(mean_ctx))
     if engine.kv_free_bytes_per_gpu <= 0 or capacity < isl + osl:
@@ -122,10 +161,11 @@ def estimate_closed_loop(
     # Fixed-length clients stay in lock-step: prompts prefilled in the same step finish decoding
     # together and come back together, so prompts shorter than the chunk budget arrive in groups
     # that share one prefill step (and all wait for it).
-    group = 1
-    if len(chunks) == 1 and new_tokens > 0 and engine.backend.lockstep == "step":
+    group: float = 1
+    if fixed_lengths and len(chunks) == 1 and new_tokens > 0 and engine.backend.lockstep == "step":
         group = max(1, min(concurrency, slots, engine.chunk // new_tokens))
-    chunks = [(t * group, p * group) for t, p in chunks]
+    own_chunks = chunks
+    grouped: list[tuple[float, float]] = [(t * group, p * group) for t, p in chunks]
     overhead = engine.backend.request_overhead_ms / 1e3
     lag = engine.backend.output_lag_steps  # an overlap scheduler streams each token one step late
     pf_alone = engine.prefill_time(isl, cached=cached)
@@ -139,7 +179,11 @@ def estimate_closed_loop(
         x = concurrency / (ttft + osl * tpot)
         batch = min(float(concurrency), float(slots), max(1.0, x * osl * tpot))
         t_dec = engine.decode_step_time(batch, mean_ctx)
-        mixed = [engine.decode_step_time(batch, mean_ctx, t, p) for t, p in chunks]
+        hold, held = _batch_wait(engine, x, batch, new_tokens, t_dec)
+        if engine.backend.batch_wait_iters > 0:  # a released group of held prompts is prefilled together
+            group = held
+            grouped = [(t * held, p * held) for t, p in own_chunks]
+        mixed = [engine.decode_step_time(batch, mean_ctx, t, p) for t, p in grouped]
         extra = sum(mixed) - len(mixed) * t_dec  # what the group's chunks add to the steps they ride
         service = sum(mixed)
         # Each attention-DP rank prefills its own prompts (x / dp of them); every rank waits for the
@@ -148,7 +192,7 @@ def estimate_closed_loop(
         u_any = 1.0 - (1.0 - u) ** engine.dp
         new_tpot = t_dec / (1.0 - min(MAX_UTILISATION, u_any))
         wait = min(u * extra / (2.0 * (1.0 - u)), max(0.0, concurrency / group / engine.dp - 1) * extra)
-        new_ttft = overhead + (0.5 + lag) * t_dec + wait + service
+        new_ttft = overhead + (0.5 + lag) * t_dec + wait + hold + service
         # Sequence slots: at most `slots` requests are inside the engine; the rest queue outside.
         x_slots = slots / (service + osl * new_tpot)
         if concurrency / (new_ttft + osl * new_tpot) > x_slots:
@@ -159,7 +203,7 @@ def estimate_closed_loop(
         if done:
             break
     steady_ttft = ttft
-    if engine.backend.lockstep == "wave":
+    if engine.backend.lockstep == "wave" and fixed_lengths:
         waves = 1.0
         tpot = _wave_tpot(engine, min(concurrency, slots), isl, osl, cached, mean_ctx)
     if waves > 0:

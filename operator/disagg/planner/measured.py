@@ -14,6 +14,8 @@ which is ``tp x dp``. Some harnesses leave ``attention_dp_size`` empty and recor
 from __future__ import annotations
 
 import csv
+import dataclasses
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,6 +28,48 @@ from disagg.planner.estimate import estimate_closed_loop
 
 BENCHMARK_WAVES = 8
 """Requests per client in the measurement harness (clients start together; see estimate.py)."""
+
+_INFERENCEMAX_SOURCE = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv;.*\bmeasured=")
+"""Rows exported from the InferenceMAX dashboard: ``source_file=<date>.csv; model=...; measured=<date>``."""
+INFERENCEMAX_REQUESTS_PER_CLIENT = 10
+"""InferenceMAX runs ``benchmark_serving.py --num-prompts $((CONC * 10)) --max-concurrency $CONC``."""
+INFERENCEMAX_LENGTH_RATIO = 0.8
+"""... ``--random-range-ratio 0.8``: every prompt and output length is drawn from [0.8 L, L]."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one measured run was taken: the benchmark client's protocol and the server flags that differ
+    from the engine's defaults, as the publisher of the run documents them."""
+
+    waves: float = BENCHMARK_WAVES
+    length_ratio: float = 1.0
+    chunk_tokens: int = 0
+    """The server's token budget per step (vLLM ``--max-num-batched-tokens``, TensorRT-LLM
+    ``--max_num_tokens``); 0 = the engine's default."""
+    batch_wait_iters: int = 0
+    batch_wait_tokens_ratio: float = 0.0
+    output_lag_steps: int | None = None
+    """Engine steps a token is streamed late (vLLM ``--async-scheduling``: 1); None = the engine's default."""
+
+
+def protocol_for_row(row: Mapping[str, str], backend: str, model: str, tp: int) -> Protocol:
+    """The protocol of a measured row. InferenceMAX publishes the script of every run
+    (``benchmarks/*.sh`` in SemiAnalysisAI/InferenceX): the client above for every engine; TensorRT-LLM
+    ``trtllm-serve`` with ``--max_num_tokens 16384`` for Llama-3.1-70B (and, at 1,024/1,024 tokens below
+    TP8, ``batch_wait_timeout_iters: 20`` with ``batch_wait_max_tokens_ratio: 0.9``) and 20,000 for
+    gpt-oss-120b; vLLM with ``max-num-batched-tokens: 8192`` (its default here). Other rows keep the
+    fixed-length protocol of ``BENCHMARK_WAVES`` requests per client."""
+    if not _INFERENCEMAX_SOURCE.search(row.get("silicon_data_source", "")):
+        return Protocol()
+    chunk, wait_iters, wait_ratio, lag = 0, 0, 0.0, None
+    if backend == "vllm":
+        lag = 1  # async-scheduling: true in every script (and vLLM's default from 0.14 on)
+    if backend == "trtllm":
+        chunk = 20000 if model.startswith("gpt-oss") else 16384
+        if model.startswith("llama") and row.get("isl") == "1024" and row.get("osl") == "1024" and tp < 8:
+            wait_iters, wait_ratio = 20, 0.9
+    return Protocol(INFERENCEMAX_REQUESTS_PER_CLIENT, INFERENCEMAX_LENGTH_RATIO, chunk, wait_iters, wait_ratio, lag)
 
 
 @dataclass(frozen=True)
@@ -108,7 +152,19 @@ def compare_rows(
     for row in rows:
         try:
             engine, c, isl, osl = engine_for_row(row, backends)
-            est = estimate_closed_loop(engine, c, isl, osl, waves=BENCHMARK_WAVES)
+            protocol = protocol_for_row(row, engine.backend.name, engine.model.name, engine.tp)
+            if protocol.chunk_tokens or protocol.batch_wait_iters or protocol.output_lag_steps is not None:
+                lag = protocol.output_lag_steps
+                if lag is None:
+                    lag = engine.backend.output_lag_steps
+                backend = dataclasses.replace(
+                    engine.backend,
+                    batch_wait_iters=protocol.batch_wait_iters,
+                    batch_wait_tokens_ratio=protocol.batch_wait_tokens_ratio,
+                    output_lag_steps=lag,
+                )
+                engine = dataclasses.replace(engine, backend=backend, chunk_tokens=protocol.chunk_tokens)
+            est = estimate_closed_loop(engine, c, isl, osl, waves=protocol.waves, length_ratio=protocol.length_ratio)
             measured_ttft, measured_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
         except (PlanningError, ValueError, KeyError):
             skipped += 1
