@@ -234,4 +234,5 @@ def test_inferencemax_rows_take_the_published_protocol() -> None:
     assert protocol_for_row(INFERENCEMAX_ROW, "vllm", "llama-3.1-70b", tp=4).output_lag_steps == 1
     aic = {"silicon_data_source": "source_file=/data/h100_sxm/trtllm/1.0.0rc3/Qwen_Qwen3-32B.csv; "}
     assert protocol_for_row(aic, "trtllm", "qwen3-32b", tp=4) == Protocol()
-    assert Protocol().waves == BENCHMARK_WAVES and Protocol().length_ratio == 1.0
+    assert Protocol().waves == BENCHMARK_WAVES
+    assert Protocol().length_ratio == 1.0
