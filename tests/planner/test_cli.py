@@ -47,6 +47,14 @@ def test_estimate_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert 5 < data["tpot_ms"] < 30
 
 
+def test_estimate_length_ratio_serves_the_mean_lengths(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["estimate", "--model", "llama-3.1-70b", "--gpu", "h200_sxm", "--weights", "fp8", "--concurrency", "8"]
+    varied = json.loads(run([*base, "--isl", "8192", "--osl", "1024", "--length-ratio", "0.8", "--json"], capsys))
+    mean = json.loads(run([*base, "--isl", "7372", "--osl", "922", "--json"], capsys))
+    assert varied["ttft_ms"] == pytest.approx(mean["ttft_ms"])
+    assert varied["tpot_ms"] == pytest.approx(mean["tpot_ms"])
+
+
 def test_estimate_with_model_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps(LLAMA_8B_SHAPE))
@@ -161,6 +169,7 @@ def test_simulate_json(capsys: pytest.CaptureFixture[str]) -> None:
         (["plan", "--model", "llama-3.1-70b", "--rate", "0"], "rate must be > 0"),
         (["estimate", "--model", "qwen3-235b-a22b", "--tp", "1"], "does not fit"),
         (["estimate"], "--model"),
+        (["estimate", "--model", "llama-3.1-70b", "--tp", "4", "--length-ratio", "1.5"], "length ratio"),
     ],
 )
 def test_errors_are_value_errors(argv: list[str], message: str) -> None:

@@ -45,8 +45,9 @@ PRIORS: dict[str, tuple[float, float, float]] = {
     "sglang": (40.0, 0.5, 250.0),
     "trtllm": (30.0, 0.8, 250.0),
 }
-OVERHEAD_GRID_MS = tuple(float(v) for v in range(10, 155, 5))
-"""Physically plausible front-end + harness overheads (a grid edge that wins says the model misses something)."""
+OVERHEAD_GRID_MS = tuple(float(v) for v in range(5, 155, 5))
+"""Physically plausible front-end + harness overheads (a grid edge that wins says the model misses something):
+from a loopback HTTP round trip with tokenisation and the first detokenised chunk (~5 ms) to a slow front end."""
 MOE_ETA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
 EAGER_GRID_US = (0.0, 100.0, 200.0, 300.0, 450.0, 600.0)
 """Host time per layer of an eager step: from fully hidden (0) to ~30 operators of 20 µs (0.6 ms)."""

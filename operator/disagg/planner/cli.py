@@ -135,6 +135,13 @@ def add_subcommands(subparsers: Any) -> None:
         help="requests per client of the benchmark (clients start together, so the first wave is a burst); "
         "0 = pure steady state (default 8, the protocol of the measured data)",
     )
+    est.add_argument(
+        "--length-ratio",
+        type=float,
+        default=1.0,
+        help="prompt and output lengths drawn uniformly from [ratio x length, length] per request, as "
+        "benchmark_serving --random-range-ratio draws them (InferenceMAX: 0.8); 1 = fixed lengths (default)",
+    )
     est.set_defaults(func=cmd_estimate)
 
     pl = subparsers.add_parser("plan", help="size aggregated vs disaggregated serving for a rate and SLOs")
@@ -186,7 +193,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     )
     if args.waves < 0:
         raise PlanningError("--waves must be >= 0")
-    est = estimate_closed_loop(engine, args.concurrency, args.isl, args.osl, waves=args.waves)
+    est = estimate_closed_loop(
+        engine, args.concurrency, args.isl, args.osl, waves=args.waves, length_ratio=args.length_ratio
+    )
     if args.json:
         out = est.as_dict()
         out["parallelism"] = {"tp": engine.tp, "dp": engine.dp, "pp": engine.pp, "ep": engine.ep}
