@@ -9,11 +9,13 @@ every step decodes all running sequences and may carry a prefill chunk. The unkn
 * ``TPOT = T_decode(B, ISL + OSL/2) / (1 - u)``: decode steps stretched by prefill chunks;
 * ``TTFT = request overhead + half a step (arrival mid-step) + queueing behind other prompts
   (M/D/1 wait at utilisation u, at most C-1 prompts) + the prompt's own chunks`` (+ one decode step
-  under an overlap scheduler, which streams every token one step late);
+  under an overlap scheduler, which streams every token one step late; + TensorRT-LLM's batch-waiting hold
+  where the engine is told to wait for a larger prefill batch);
 * when the KV cache holds fewer than C sequences, the extra clients wait for a slot (Little's law
   on the engine's sequence slots bounds X).
 
-A damped fixed-point iteration converges in a few dozen rounds (microseconds of arithmetic).
+Lengths are fixed unless a length ratio says they vary (then the engine sees their mean and no clients stay
+in phase). A damped fixed-point iteration converges in a few dozen rounds (microseconds of arithmetic).
 """
 
 from __future__ import annotations

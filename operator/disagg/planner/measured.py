@@ -9,6 +9,10 @@ data-parallel ranks, and ``moe_tp_size x moe_ep_size`` the GPUs an MoE layer spr
 which is ``tp x dp``. Some harnesses leave ``attention_dp_size`` empty and record only the MoE split
 (vLLM ``--data-parallel-size 2`` at TP1: ``tp_size 1, moe_tp_size 2``); the DP size is then
 ``moe_tp x moe_ep / tp``.
+
+Each row is replayed under the protocol it was measured with (``protocol_for_row``): the benchmark client's
+lengths and requests per client, and the server flags that differ from the engine's defaults, where the
+publisher of the runs documents them (InferenceMAX); otherwise fixed lengths and ``BENCHMARK_WAVES``.
 """
 
 from __future__ import annotations
