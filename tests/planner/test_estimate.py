@@ -230,9 +230,51 @@ def test_inferencemax_rows_take_the_published_protocol() -> None:
     )
     assert protocol_for_row(INFERENCEMAX_ROW, "trtllm", "llama-3.1-70b", tp=8).batch_wait_iters == 0
     assert protocol_for_row({**INFERENCEMAX_ROW, "osl": "8192"}, "trtllm", "llama-3.1-70b", 4).batch_wait_iters == 0
-    assert protocol_for_row(INFERENCEMAX_ROW, "trtllm", "gpt-oss-120b", tp=4).chunk_tokens == 20000
+    gpt_oss = protocol_for_row(INFERENCEMAX_ROW, "trtllm", "gpt-oss-120b", tp=4)
+    assert (gpt_oss.chunk_tokens, gpt_oss.moe_kernels_of) == (20000, "vllm")
+    assert gpt_oss.experts_over_tp  # measured 2025-10-29: the script passed --ep_size=$TP
+    dec15 = {**INFERENCEMAX_ROW, "silicon_data_source": "source_file=2026-04-06.csv; measured=2025-12-15T00:00:00Z"}
+    assert not protocol_for_row(dec15, "trtllm", "gpt-oss-120b", tp=4).experts_over_tp  # $EP_SIZE by then
+    assert not protocol_for_row(INFERENCEMAX_ROW, "vllm", "gpt-oss-120b", tp=4).experts_over_tp
     assert protocol_for_row(INFERENCEMAX_ROW, "vllm", "llama-3.1-70b", tp=4).output_lag_steps == 1
     aic = {"silicon_data_source": "source_file=/data/h100_sxm/trtllm/1.0.0rc3/Qwen_Qwen3-32B.csv; "}
     assert protocol_for_row(aic, "trtllm", "qwen3-32b", tp=4) == Protocol()
     assert Protocol().waves == BENCHMARK_WAVES
     assert Protocol().length_ratio == 1.0
+
+
+def test_a_run_on_another_engines_moe_kernels_takes_their_efficiency() -> None:
+    """InferenceMAX's gpt-oss TensorRT-LLM runs set ``moe_config.backend: TRITON`` and record EP 1 while the
+    script of 2025-11-02 passed ``--ep_size=$TP``: the replay uses vLLM's (Triton) MoE efficiency and EP = TP."""
+    row = {
+        "id": "imax-gpt-oss-trt",
+        "silicon_data_source": "source_file=2026-04-06.csv; model=GPT-OSS-120B; ; measured=2025-11-02T00:00:00.000Z",
+        "mode": "agg",
+        "batch_size": "16",
+        "attention_dp_size": "1",
+        "model_path": "openai/gpt-oss-120b",
+        "system": "h200_sxm",
+        "backend": "trtllm",
+        "gemm_quant_mode": "nvfp4",
+        "moe_quant_mode": "nvfp4",
+        "precision": "fp4",
+        "tp_size": "4",
+        "pp_size": "1",
+        "moe_tp_size": "4",
+        "moe_ep_size": "1",
+        "isl": "8192",
+        "osl": "1024",
+        "silicon_ttft_ms": "300",
+        "silicon_tpot_ms": "8",
+    }
+    trt, vllm = get_backend("trtllm"), get_backend("vllm")
+    slow = {"trtllm": trt, "vllm": dataclasses.replace(vllm, moe_gemm_eta=0.2)}
+    fast = {"trtllm": trt, "vllm": dataclasses.replace(vllm, moe_gemm_eta=1.0)}
+    (a,), _ = compare_rows([row], backends=slow)
+    (b,), _ = compare_rows([row], backends=fast)
+    assert a.predicted_ttft_ms > b.predicted_ttft_ms  # the vLLM profile's MoE efficiency is the one used
+    (c,), _ = compare_rows([row], backends={**slow, "trtllm": dataclasses.replace(trt, moe_gemm_eta=1.0)})
+    assert c.predicted_ttft_ms == pytest.approx(a.predicted_ttft_ms)  # TensorRT-LLM's own does not enter
+    later = {**row, "silicon_data_source": row["silicon_data_source"].replace("2025-11-02", "2025-12-15")}
+    (d,), _ = compare_rows([later], backends=slow)
+    assert d.predicted_tpot_ms < a.predicted_tpot_ms  # MoE-TP decode is balanced; EP4 waits for its busiest rank

@@ -111,7 +111,7 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
         scored_eager = []
         for value in EAGER_GRID_US:
             trial = dataclasses.replace(prior, eager_layer_us=value)
-            comps, _ = compare_rows(mine[::eager_stride], backends={name: trial})
+            comps, _ = compare_rows(mine[::eager_stride], backends={**profiles, name: trial})
             shift = _fit_overhead(comps, trial.request_overhead_ms) - trial.request_overhead_ms
             err = _balanced(comps, _shifted_ttft_error(shift)) + _balanced(comps, lambda c: c.tpot_error)
             scored_eager.append((err, value, trial.request_overhead_ms + shift))
@@ -122,10 +122,10 @@ def fit(rows: Sequence[dict[str, str]], moe_stride: int = 2, eager_stride: int =
             scored = []
             for value in MOE_ETA_GRID:
                 trial = dataclasses.replace(prior, moe_gemm_eta=value)
-                comps, _ = compare_rows(moe_rows, backends={name: trial})
+                comps, _ = compare_rows(moe_rows, backends={**profiles, name: trial})
                 scored.append((_median_error(comps), value))
             prior = dataclasses.replace(prior, moe_gemm_eta=min(scored)[1])
-        comps, _ = compare_rows(mine, backends={name: prior})
+        comps, _ = compare_rows(mine, backends={**profiles, name: prior})
         profiles[name] = dataclasses.replace(prior, request_overhead_ms=_fit_overhead(comps, prior.request_overhead_ms))
     measured = {n: (p.eager_layer_us, PRIORS[n][2]) for n, p in profiles.items() if counts[n]}
     for name in [n for n in profiles if not counts[n]]:

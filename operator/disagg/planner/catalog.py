@@ -326,7 +326,7 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
         "sglang", 1.0, 1.2, 5.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),
     "trtllm": BackendProfile(
-        "trtllm", 0.5, 1.0, 75.0, 8192, "none", moe_gemm_eta=0.6, eager_layer_us=600.0, output_lag_steps=1
+        "trtllm", 0.5, 1.0, 60.0, 8192, "none", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),
 }
 

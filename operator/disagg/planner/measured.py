@@ -33,6 +33,7 @@ from disagg.planner.estimate import estimate_closed_loop
 BENCHMARK_WAVES = 8
 """Requests per client in the measurement harness (clients start together; see estimate.py)."""
 
+_MEASURED = re.compile(r"\bmeasured=(\d{4}-\d{2}-\d{2})")
 _INFERENCEMAX_SOURCE = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv;.*\bmeasured=")
 """Rows exported from the InferenceMAX dashboard: ``source_file=<date>.csv; model=...; measured=<date>``."""
 INFERENCEMAX_REQUESTS_PER_CLIENT = 10
@@ -55,6 +56,11 @@ class Protocol:
     batch_wait_tokens_ratio: float = 0.0
     output_lag_steps: int | None = None
     """Engine steps a token is streamed late (vLLM ``--async-scheduling``: 1); None = the engine's default."""
+    experts_over_tp: bool = False
+    """The run spread whole experts over the TP ranks (``--ep_size=$TP``) whatever its record's EP column says."""
+    moe_kernels_of: str | None = None
+    """The engine whose MoE kernels the run uses instead of its own (TensorRT-LLM ``moe_config.backend:
+    TRITON`` runs the Triton MXFP4 kernels vLLM runs for gpt-oss on Hopper: ``"vllm"``); None = its own."""
 
 
 def protocol_for_row(row: Mapping[str, str], backend: str, model: str, tp: int) -> Protocol:
@@ -66,14 +72,29 @@ def protocol_for_row(row: Mapping[str, str], backend: str, model: str, tp: int) 
     fixed-length protocol of ``BENCHMARK_WAVES`` requests per client."""
     if not _INFERENCEMAX_SOURCE.search(row.get("silicon_data_source", "")):
         return Protocol()
-    chunk, wait_iters, wait_ratio, lag = 0, 0, 0.0, None
+    chunk, wait_iters, wait_ratio, lag, moe_kernels_of, experts_over_tp = 0, 0, 0.0, None, None, False
     if backend == "vllm":
         lag = 1  # async-scheduling: true in every script (and vLLM's default from 0.14 on)
     if backend == "trtllm":
         chunk = 20000 if model.startswith("gpt-oss") else 16384
+        if model.startswith("gpt-oss"):
+            moe_kernels_of = "vllm"  # moe_config.backend: TRITON in every gpt-oss script
+            # From 2025-09-28 to 2025-11-02 the script passed --ep_size=$TP (its EP_SIZE variable from 2025-11-03 on),
+            # while the exported rows of that time say EP 1.
+            measured = _MEASURED.search(row.get("silicon_data_source", ""))
+            experts_over_tp = measured is not None and "2025-09-28" <= measured.group(1) <= "2025-11-02"
         if model.startswith("llama") and row.get("isl") == "1024" and row.get("osl") == "1024" and tp < 8:
             wait_iters, wait_ratio = 20, 0.9
-    return Protocol(INFERENCEMAX_REQUESTS_PER_CLIENT, INFERENCEMAX_LENGTH_RATIO, chunk, wait_iters, wait_ratio, lag)
+    return Protocol(
+        INFERENCEMAX_REQUESTS_PER_CLIENT,
+        INFERENCEMAX_LENGTH_RATIO,
+        chunk,
+        wait_iters,
+        wait_ratio,
+        lag,
+        experts_over_tp,
+        moe_kernels_of,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,17 +178,23 @@ def compare_rows(
         try:
             engine, c, isl, osl = engine_for_row(row, backends)
             protocol = protocol_for_row(row, engine.backend.name, engine.model.name, engine.tp)
-            if protocol.chunk_tokens or protocol.batch_wait_iters or protocol.output_lag_steps is not None:
+            if protocol != Protocol(protocol.waves, protocol.length_ratio):
                 lag = protocol.output_lag_steps
                 if lag is None:
                     lag = engine.backend.output_lag_steps
+                eta = engine.backend.moe_gemm_eta
+                if protocol.moe_kernels_of is not None:
+                    kernels = (backends or {}).get(protocol.moe_kernels_of) or get_backend(protocol.moe_kernels_of)
+                    eta = kernels.moe_gemm_eta
                 backend = dataclasses.replace(
                     engine.backend,
                     batch_wait_iters=protocol.batch_wait_iters,
                     batch_wait_tokens_ratio=protocol.batch_wait_tokens_ratio,
                     output_lag_steps=lag,
+                    moe_gemm_eta=eta,
                 )
-                engine = dataclasses.replace(engine, backend=backend, chunk_tokens=protocol.chunk_tokens)
+                ep = engine.tp * engine.dp if protocol.experts_over_tp else engine.ep
+                engine = dataclasses.replace(engine, backend=backend, chunk_tokens=protocol.chunk_tokens, ep=ep)
             est = estimate_closed_loop(engine, c, isl, osl, waves=protocol.waves, length_ratio=protocol.length_ratio)
             measured_ttft, measured_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
         except (PlanningError, ValueError, KeyError):
