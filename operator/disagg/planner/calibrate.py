@@ -48,7 +48,9 @@ PRIORS: dict[str, tuple[float, float, float]] = {
 OVERHEAD_GRID_MS = tuple(float(v) for v in range(5, 155, 5))
 """Physically plausible front-end + harness overheads (a grid edge that wins says the model misses something):
 from a loopback HTTP round trip with tokenisation and the first detokenised chunk (~5 ms) to a slow front end."""
-MOE_ETA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
+MOE_ETA_GRID = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
+"""Grouped expert GEMMs against a dense GEMM: from quarter-filled 128-row tiles (32 tokens per expert, block
+scales loaded in the K loop) to a dense GEMM's own efficiency."""
 EAGER_GRID_US = (0.0, 100.0, 200.0, 300.0, 450.0, 600.0)
 """Host time per layer of an eager step: from fully hidden (0) to ~30 operators of 20 µs (0.6 ms)."""
 

@@ -320,13 +320,13 @@ BACKEND_PROFILES: dict[str, BackendProfile] = {
     # (disagg.planner.calibrate.fit on every measured row, `python bench/planner_accuracy.py --fit`; priors
     # and bounds there); the rest are host-side figures of each engine.
     "vllm": BackendProfile(
-        "vllm", 1.2, 1.3, 5.0, 8192, "none", moe_gemm_eta=0.3, eager_layer_us=600.0, graph_tokens=512
+        "vllm", 1.2, 1.3, 5.0, 8192, "none", moe_gemm_eta=0.25, eager_layer_us=600.0, graph_tokens=512
     ),
     "sglang": BackendProfile(
         "sglang", 1.0, 1.2, 5.0, 8192, "wave", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
     ),
     "trtllm": BackendProfile(
-        "trtllm", 0.5, 1.0, 60.0, 8192, "none", moe_gemm_eta=0.3, eager_layer_us=600.0, output_lag_steps=1
+        "trtllm", 0.5, 1.0, 60.0, 8192, "none", moe_gemm_eta=0.2, eager_layer_us=600.0, output_lag_steps=1
     ),
 }
 
