@@ -63,23 +63,26 @@ def test_model_that_does_not_fit() -> None:
         estimate_closed_loop(e, 1, 1024, 128)
 
 
+GPT_OSS_TRT_ROW = {
+    "mode": "agg",
+    "batch_size": "16",
+    "attention_dp_size": "",
+    "model_path": "openai/gpt-oss-120b",
+    "system": "h200_sxm",
+    "backend": "trtllm",
+    "gemm_quant_mode": "nvfp4",
+    "moe_quant_mode": "nvfp4",
+    "precision": "fp4",
+    "tp_size": "4",
+    "pp_size": "1",
+    "moe_ep_size": "2",
+    "isl": "1024",
+    "osl": "1024",
+}
+
+
 def test_row_mapping() -> None:
-    row = {
-        "mode": "agg",
-        "batch_size": "16",
-        "attention_dp_size": "",
-        "model_path": "openai/gpt-oss-120b",
-        "system": "h200_sxm",
-        "backend": "trtllm",
-        "gemm_quant_mode": "nvfp4",
-        "moe_quant_mode": "nvfp4",
-        "precision": "fp4",
-        "tp_size": "4",
-        "pp_size": "1",
-        "moe_ep_size": "2",
-        "isl": "1024",
-        "osl": "1024",
-    }
+    row = GPT_OSS_TRT_ROW
     e, c, isl, osl = engine_for_row(row)
     assert (e.model.name, e.gpu.name, e.weights, e.kv_dtype, e.tp, e.ep, c, isl, osl) == (
         "gpt-oss-120b",
@@ -247,23 +250,13 @@ def test_a_run_on_another_engines_moe_kernels_takes_their_efficiency() -> None:
     """InferenceMAX's gpt-oss TensorRT-LLM runs set ``moe_config.backend: TRITON`` and record EP 1 while the
     script of 2025-11-02 passed ``--ep_size=$TP``: the replay uses vLLM's (Triton) MoE efficiency and EP = TP."""
     row = {
+        **GPT_OSS_TRT_ROW,
         "id": "imax-gpt-oss-trt",
         "silicon_data_source": "source_file=2026-04-06.csv; model=GPT-OSS-120B; ; measured=2025-11-02T00:00:00.000Z",
-        "mode": "agg",
-        "batch_size": "16",
         "attention_dp_size": "1",
-        "model_path": "openai/gpt-oss-120b",
-        "system": "h200_sxm",
-        "backend": "trtllm",
-        "gemm_quant_mode": "nvfp4",
-        "moe_quant_mode": "nvfp4",
-        "precision": "fp4",
-        "tp_size": "4",
-        "pp_size": "1",
         "moe_tp_size": "4",
         "moe_ep_size": "1",
         "isl": "8192",
-        "osl": "1024",
         "silicon_ttft_ms": "300",
         "silicon_tpot_ms": "8",
     }
