@@ -97,6 +97,26 @@ def protocol_for_row(row: Mapping[str, str], backend: str, model: str, tp: int) 
     )
 
 
+def engine_under(protocol: Protocol, engine: Engine, backends: Mapping[str, BackendProfile] | None = None) -> Engine:
+    """``engine`` with the server flags ``protocol`` records (unchanged when it records none). A run on another
+    engine's MoE kernels takes that engine's efficiency from ``backends`` (a fold's fit), else the catalog's."""
+    if protocol == Protocol(protocol.waves, protocol.length_ratio):
+        return engine
+    lag = engine.backend.output_lag_steps if protocol.output_lag_steps is None else protocol.output_lag_steps
+    eta = engine.backend.moe_gemm_eta
+    if protocol.moe_kernels_of is not None:
+        eta = ((backends or {}).get(protocol.moe_kernels_of) or get_backend(protocol.moe_kernels_of)).moe_gemm_eta
+    backend = dataclasses.replace(
+        engine.backend,
+        batch_wait_iters=protocol.batch_wait_iters,
+        batch_wait_tokens_ratio=protocol.batch_wait_tokens_ratio,
+        output_lag_steps=lag,
+        moe_gemm_eta=eta,
+    )
+    ep = engine.tp * engine.dp if protocol.experts_over_tp else engine.ep
+    return dataclasses.replace(engine, backend=backend, chunk_tokens=protocol.chunk_tokens, ep=ep)
+
+
 @dataclass(frozen=True)
 class Comparison:
     key: tuple[str, str, str]
@@ -178,23 +198,7 @@ def compare_rows(
         try:
             engine, c, isl, osl = engine_for_row(row, backends)
             protocol = protocol_for_row(row, engine.backend.name, engine.model.name, engine.tp)
-            if protocol != Protocol(protocol.waves, protocol.length_ratio):
-                lag = protocol.output_lag_steps
-                if lag is None:
-                    lag = engine.backend.output_lag_steps
-                eta = engine.backend.moe_gemm_eta
-                if protocol.moe_kernels_of is not None:
-                    kernels = (backends or {}).get(protocol.moe_kernels_of) or get_backend(protocol.moe_kernels_of)
-                    eta = kernels.moe_gemm_eta
-                backend = dataclasses.replace(
-                    engine.backend,
-                    batch_wait_iters=protocol.batch_wait_iters,
-                    batch_wait_tokens_ratio=protocol.batch_wait_tokens_ratio,
-                    output_lag_steps=lag,
-                    moe_gemm_eta=eta,
-                )
-                ep = engine.tp * engine.dp if protocol.experts_over_tp else engine.ep
-                engine = dataclasses.replace(engine, backend=backend, chunk_tokens=protocol.chunk_tokens, ep=ep)
+            engine = engine_under(protocol, engine, backends)
             est = estimate_closed_loop(engine, c, isl, osl, waves=protocol.waves, length_ratio=protocol.length_ratio)
             measured_ttft, measured_tpot = float(row["silicon_ttft_ms"]), float(row["silicon_tpot_ms"])
         except (PlanningError, ValueError, KeyError):
