@@ -8,6 +8,8 @@ estimator supports (``mode=agg``: one engine, C closed-loop clients), overall an
 cross-validation (each GPU, each model and each backend held out in turn; the fitted backend constants
 of disagg/planner/calibrate.py refitted without it), and the latency of ``disagg plan`` for the
 acceptance case (70B on H100, 4K prompts, 300 output tokens, 20 req/s, TTFT 1 s, ITL 50 ms).
+The pooled figures come with the interval they span when the measured settings (one (model, GPU, backend)
+sweep each) are resampled with replacement: how much the figure owes to which sweeps the file holds.
 ``--fit`` prints the backend constants fitted on every row (what catalog.py ships). ``--residuals`` prints
 the median predicted/measured TTFT by measurement source, backend and concurrency (the table that shows the
 harnesses pulling the fitted constants in opposite directions, docs/planner.md). ``--burst-weights`` prints the
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "operator"))
 
-from disagg.planner.calibrate import cross_validate, error_bands, fit  # noqa: E402
+from disagg.planner.calibrate import LOGO_GOALS, cross_validate, error_bands, fit, setting_bootstrap  # noqa: E402
 from disagg.planner.catalog import PlanningError  # noqa: E402
 from disagg.planner.estimate import estimate_closed_loop  # noqa: E402
 from disagg.planner.measured import (  # noqa: E402
@@ -152,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
             f"LOGO pooled   TTFT median |err| {cv.pooled.ttft_median:6.1%}   "
             f"TPOT median |err| {cv.pooled.tpot_median:6.1%}   "
             f"(all-rows, in-sample: {overall.ttft_median:.1%} / {overall.tpot_median:.1%})"
+        )
+        spread = setting_bootstrap(cv.held_out)
+        settings = len({c.key for comps in cv.held_out.values() for c in comps})
+        print(
+            f"LOGO pooled, {settings} measured settings resampled (2000 draws): 90% interval "
+            + "   ".join(
+                f"{metric.upper()} {iv.low:.1%}-{iv.high:.1%} "
+                f"(median <= {LOGO_GOALS[metric]:.0%} in {iv.within_goal:.0%})"
+                for metric, iv in spread.items()
+            )
         )
 
     workload = Workload(isl=4096, osl=300, rate=20.0, ttft_s=1.0, itl_s=0.05, percentile=90)

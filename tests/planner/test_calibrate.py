@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from disagg.planner import calibrate
-from disagg.planner.measured import read_rows
+from disagg.planner.measured import Comparison, read_rows
 
 CSV = Path(__file__).resolve().parents[2] / "data" / "serving-measurements" / "measured-dev.csv"
 
@@ -62,3 +62,31 @@ def test_cross_validation_never_fits_on_the_held_out_group(monkeypatch: pytest.M
     assert cv.by_grouping["backend"].rows == len(cv.held_out["backend"]) == sum(f.accuracy.rows for f in cv.folds)
     assert 0 < cv.pooled.ttft_median < 1
     assert 0 < cv.pooled.tpot_median < 1
+
+
+def _comparison(key: tuple[str, str, str], index: int, ttft_error: float, tpot_error: float) -> Comparison:
+    return Comparison(key, f"{key[0]}-{index}", 100.0, 10.0, 100.0 * (1 + ttft_error), 10.0 * (1 - tpot_error))
+
+
+def test_setting_bootstrap_draws_whole_sweeps() -> None:
+    good = [_comparison(("qwen3-32b", "h100-sxm", "vllm"), i, 0.1, 0.05) for i in range(50)]
+    bad = [_comparison(("llama-3.1-8b", "h100-sxm", "trtllm"), i, 0.5, 0.2) for i in range(50)]
+    interval = calibrate.setting_bootstrap({"gpu": good, "backend": bad}, draws=4000)
+    # Two sweeps drawn twice: both good (median 0.1), one of each (0.3) or both bad (0.5); only the first
+    # meets the 20% TTFT goal, a quarter of the time. A row bootstrap would sit at 0.3 every time.
+    assert interval["ttft"].low == pytest.approx(0.1)
+    assert interval["ttft"].high == pytest.approx(0.5)
+    assert 0.22 < interval["ttft"].within_goal < 0.28
+    assert interval["tpot"].low == pytest.approx(0.05)
+    assert interval["tpot"].high == pytest.approx(0.2)
+    assert 0.22 < interval["tpot"].within_goal < 0.28  # 12.5% (mixed) misses the 12% goal too
+
+
+def test_setting_bootstrap_of_one_sweep_is_its_median_and_needs_predictions() -> None:
+    only = [_comparison(("qwen3-32b", "h100-sxm", "vllm"), i, 0.05 * (i % 5), 0.01) for i in range(25)]
+    interval = calibrate.setting_bootstrap({"model": only}, draws=50, goals={"ttft": 0.05, "tpot": 0.12})
+    assert interval["ttft"].low == interval["ttft"].high == pytest.approx(0.1)
+    assert interval["ttft"].within_goal == 0.0
+    assert interval["tpot"].within_goal == 1.0
+    with pytest.raises(ValueError, match="no held-out predictions"):
+        calibrate.setting_bootstrap({"gpu": []})
