@@ -156,13 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             f"(all-rows, in-sample: {overall.ttft_median:.1%} / {overall.tpot_median:.1%})"
         )
         spread = setting_bootstrap(cv.held_out)
-        settings = len({c.key for comps in cv.held_out.values() for c in comps})
         print(
-            f"LOGO pooled, {settings} measured settings resampled (2000 draws): 90% interval "
+            f"LOGO pooled, {spread.settings} measured settings resampled ({spread.draws} draws): "
+            f"{spread.level:.0%} interval "
             + "   ".join(
                 f"{metric.upper()} {iv.low:.1%}-{iv.high:.1%} "
                 f"(median <= {LOGO_GOALS[metric]:.0%} in {iv.within_goal:.0%})"
-                for metric, iv in spread.items()
+                for metric, iv in spread.intervals.items()
             )
         )
 

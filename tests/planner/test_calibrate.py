@@ -71,7 +71,9 @@ def _comparison(key: tuple[str, str, str], index: int, ttft_error: float, tpot_e
 def test_setting_bootstrap_draws_whole_sweeps() -> None:
     good = [_comparison(("qwen3-32b", "h100-sxm", "vllm"), i, 0.1, 0.05) for i in range(50)]
     bad = [_comparison(("llama-3.1-8b", "h100-sxm", "trtllm"), i, 0.5, 0.2) for i in range(50)]
-    interval = calibrate.setting_bootstrap({"gpu": good, "backend": bad}, draws=4000)
+    spread = calibrate.setting_bootstrap({"gpu": good, "backend": bad}, draws=4000)
+    assert (spread.settings, spread.draws) == (2, 4000)
+    interval = spread.intervals
     # Two sweeps drawn twice: both good (median 0.1), one of each (0.3) or both bad (0.5); only the first
     # meets the 20% TTFT goal, a quarter of the time. A row bootstrap would sit at 0.3 every time.
     assert interval["ttft"].low == pytest.approx(0.1)
@@ -84,7 +86,7 @@ def test_setting_bootstrap_draws_whole_sweeps() -> None:
 
 def test_setting_bootstrap_of_one_sweep_is_its_median_and_needs_predictions() -> None:
     only = [_comparison(("qwen3-32b", "h100-sxm", "vllm"), i, 0.05 * (i % 5), 0.01) for i in range(25)]
-    interval = calibrate.setting_bootstrap({"model": only}, draws=50, goals={"ttft": 0.05, "tpot": 0.12})
+    interval = calibrate.setting_bootstrap({"model": only}, draws=50, goals={"ttft": 0.05, "tpot": 0.12}).intervals
     assert interval["ttft"].low == interval["ttft"].high == pytest.approx(0.1)
     assert interval["ttft"].within_goal == 0.0
     assert interval["tpot"].within_goal == 1.0

@@ -33,6 +33,7 @@ from typing import Any
 
 from disagg.planner.catalog import BACKEND_PROFILES, BackendProfile, get_backend, get_gpu, get_model
 from disagg.planner.measured import Accuracy, Comparison, accuracy, compare_rows
+from disagg.planner.queueing import sample_percentile
 from disagg.planner.uncertainty import family
 
 PRIORS: dict[str, tuple[float, float, float]] = {
@@ -232,19 +233,29 @@ class Interval:
     """Share of the resamples whose median meets the goal (at or below it)."""
 
 
+@dataclass(frozen=True)
+class SettingBootstrap:
+    settings: int
+    """Measured settings resampled (one (model, GPU, backend) sweep each)."""
+    draws: int
+    level: float
+    intervals: dict[str, Interval]
+    """Per metric (``ttft``, ``tpot``): the ``level`` interval of the pooled median."""
+
+
 def setting_bootstrap(
     held_out: Mapping[str, Sequence[Comparison]],
     draws: int = 2000,
     level: float = 0.9,
     goals: Mapping[str, float] | None = None,
     seed: int = 0,
-) -> dict[str, Interval]:
+) -> SettingBootstrap:
     """How much the pooled held-out medians owe to which sweeps happen to be in the file: resample the measured
     settings (one (model, GPU, backend) sweep each, with every fold's predictions of it) with replacement and
     take the ``level`` percentile interval of the pooled TTFT and TPOT medians. Settings, not rows, are drawn
     because the rows of one sweep share a harness and an engine build, so their errors move together; a row
     bootstrap would report the interval of a file with a thousand independent settings. ``goals``: the median
-    each metric is held to (default: issue 13's 20% TTFT, 12% TPOT)."""
+    each metric is held to (default ``LOGO_GOALS``)."""
     goals = dict(LOGO_GOALS if goals is None else goals)
     by_setting: dict[tuple[str, str, str], list[Comparison]] = defaultdict(list)
     for comps in held_out.values():
@@ -260,13 +271,15 @@ def setting_bootstrap(
         medians["ttft"].append(statistics.median(c.ttft_error for c in drawn))
         medians["tpot"].append(statistics.median(c.tpot_error for c in drawn))
     tail = (1.0 - level) / 2.0
-    out: dict[str, Interval] = {}
-    for metric, values in medians.items():
-        values.sort()
-        low = values[int(tail * (len(values) - 1))]
-        high = values[int((1.0 - tail) * (len(values) - 1))]
-        out[metric] = Interval(low, high, sum(v <= goals[metric] for v in values) / len(values))
-    return out
+    intervals = {
+        metric: Interval(
+            sample_percentile(values, tail),
+            sample_percentile(values, 1.0 - tail),
+            sum(v <= goals[metric] for v in values) / len(values),
+        )
+        for metric, values in medians.items()
+    }
+    return SettingBootstrap(len(settings), draws, level, intervals)
 
 
 def error_bands(reference: Sequence[Comparison], cv: CrossValidation) -> dict[str, Any]:

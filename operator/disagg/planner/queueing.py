@@ -10,10 +10,20 @@ positive root of ``lam (exp(theta d) - 1) = theta`` and ``C = (1 - rho) / (lam d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from statistics import NormalDist
 
 _BISECTION_STEPS = 60
+
+
+def sample_percentile(values: Sequence[float], p: float) -> float:
+    """The nearest-rank ``p`` percentile of a sample (NaN for none): a value the sample holds, not an
+    interpolation between two."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))
+    return ordered[k]
 
 
 def md1_mean_wait(lam: float, d: float) -> float:

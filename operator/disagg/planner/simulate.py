@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from disagg.planner.catalog import PlanningError
 from disagg.planner.costmodel import Engine
 from disagg.planner.plan import ServingMode
+from disagg.planner.queueing import sample_percentile
 from disagg.planner.sizing import Candidate, Fabric, Workload, prefill_batch_limit
 
 WARMUP_SHARE = 0.1
@@ -59,14 +60,6 @@ class SimResult:
 
     def as_dict(self) -> dict[str, float | int]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
-
-
-def _percentile(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))
-    return ordered[k]
 
 
 def _arrivals(workload: Workload, n: int, seed: int) -> list[_Req]:
@@ -105,8 +98,8 @@ def _finish_stats(reqs: list[_Req], workload: Workload, overhead: float, end: fl
     span = max(1e-9, max(r.finish for r in done) - min(r.arrival for r in done))
     return SimResult(
         requests=len(done),
-        ttft_p_ms=_percentile(ttfts, p) * 1e3,
-        itl_p_ms=_percentile(tpots, p) * 1e3,
+        ttft_p_ms=sample_percentile(ttfts, p) * 1e3,
+        itl_p_ms=sample_percentile(tpots, p) * 1e3,
         ttft_mean_ms=sum(ttfts) / len(ttfts) * 1e3,
         tpot_mean_ms=sum(tpots) / len(tpots) * 1e3,
         percentile=workload.percentile,
